@@ -1,0 +1,1 @@
+//! The kka coordinator library: curriculum state machine, schedules, pools and reports.

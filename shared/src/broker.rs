@@ -1,0 +1,1 @@
+//! RabbitMQ topology, publishing with confirms and consuming with manual acks.

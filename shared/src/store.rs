@@ -1,0 +1,1 @@
+//! Redis keys for experiment state, anomalies, pools and checkpoints.

@@ -1,0 +1,1 @@
+//! The kka worker library: datasets, detectors, generators and the task runner.
