@@ -1,1 +1,4 @@
-//! The kka coordinator library: curriculum state machine, schedules, pools and reports.
+//! The kka coordinator library: the curriculum state machine, hard/easy splitting, pools,
+//! the generator update, reports, and the smoke job and broker benchmark.
+
+pub mod cli;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod ids;
 pub mod messages;
 pub mod shutdown;
+pub mod records;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

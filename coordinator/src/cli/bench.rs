@@ -1,0 +1,13 @@
+//! TODO: `kka-coordinator bench`
+
+/// Arguments of `kka-coordinator bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Config file layered over config/default.toml.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+pub fn main(args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("kka-coordinator bench is not built yet (config {:?})", args.config)
+}

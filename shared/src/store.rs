@@ -1,1 +1,0 @@
-//! Redis keys for experiment state, anomalies, pools and checkpoints.

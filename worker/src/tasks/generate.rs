@@ -1,0 +1,1 @@
+//! TODO: generate task handler

@@ -1,0 +1,1 @@
+//! TODO: score task handler
