@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod dataset;
 pub mod ids;
 pub mod messages;
 pub mod shutdown;

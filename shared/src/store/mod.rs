@@ -21,6 +21,10 @@
 //! [`Store::commit_task`] applies the writes, marks the task done and stores its summary in one
 //! MULTI/EXEC transaction. A redelivered task rewrites the same values.
 
+mod anomalies;
+
+pub use anomalies::StoredAnomaly;
+
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
