@@ -3,6 +3,7 @@
 //! - [`ids`]: typed ids for everything that crosses RabbitMQ or Redis.
 //! - [`messages`]: versioned task messages and completion events.
 //! - [`config`]: layered configuration, parsed then validated.
+//! - [`prompt`]: class names, the procedural operation catalogue and the LLM anomaly prompt.
 //! - [`broker`]: RabbitMQ topology, publishing with confirms, consuming with manual acks.
 //! - [`store`]: Redis keys for experiment state, anomalies, pools and checkpoints.
 //! - [`telemetry`]: tracing-subscriber set-up for every binary.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dataset;
 pub mod ids;
 pub mod messages;
+pub mod prompt;
 pub mod shutdown;
 pub mod records;
 pub mod store;
