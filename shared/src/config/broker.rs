@@ -2,6 +2,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, SecretUrl};
 
+/// Longest `broker.queue_prefix`. The longest name built from it, `P.events.<experiment>`, then
+/// stays far below AMQP's 255-byte limit on queue names.
+pub const MAX_QUEUE_PREFIX_LEN: usize = 100;
+
 /// RabbitMQ settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +32,20 @@ impl BrokerSettings {
             return Err(ConfigError::invalid("broker.url", &self.url, "use an amqp:// or amqps:// URL"));
         }
         check_prefix("broker.queue_prefix", &self.queue_prefix)?;
+        if self.queue_prefix.len() > MAX_QUEUE_PREFIX_LEN {
+            return Err(ConfigError::invalid(
+                "broker.queue_prefix",
+                format!("{:?}", self.queue_prefix),
+                format!("use at most {MAX_QUEUE_PREFIX_LEN} characters, so that queue names stay under AMQP's 255-byte limit"),
+            ));
+        }
+        if self.heartbeat_secs == 0 {
+            return Err(ConfigError::invalid(
+                "broker.heartbeat_secs",
+                0,
+                "use at least 1; without heartbeats a dead connection goes unnoticed",
+            ));
+        }
         if self.prefetch == 0 {
             return Err(ConfigError::invalid("broker.prefetch", 0, "use at least 1; 0 would mean unlimited"));
         }
@@ -105,6 +123,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("broker.reconnect_initial_ms") && error.contains("broker.reconnect_max_ms"), "{error}");
+    }
+
+    #[test]
+    fn long_queue_prefix_and_zero_heartbeat_are_rejected() {
+        let long = "p".repeat(super::MAX_QUEUE_PREFIX_LEN + 1);
+        let error = Config::from_toml(&format!("[broker]\nqueue_prefix = \"{long}\"\n")).unwrap_err().to_string();
+        assert!(error.contains("broker.queue_prefix"), "{error}");
+        let error = Config::from_toml("[broker]\nheartbeat_secs = 0\n").unwrap_err().to_string();
+        assert!(error.contains("broker.heartbeat_secs"), "{error}");
     }
 
     #[test]

@@ -70,10 +70,34 @@ pub struct WorkerSettings {
     pub task_slice_secs: u64,
     /// Interval, in seconds, at which a worker refreshes its liveness record in Redis.
     pub heartbeat_secs: u64,
+    /// Tasks one worker process runs at once. `broker.prefetch` may be larger, so that the next
+    /// deliveries are already waiting when a task finishes.
+    pub concurrency: usize,
+    /// Attempts a task gets when its handler keeps failing with a retryable error; the last
+    /// failure is then treated as fatal. Redeliveries after a worker crash are not counted.
+    pub max_attempts: u32,
+    /// Delay before a failed attempt is re-published, in milliseconds. It doubles with each
+    /// attempt, up to 60 seconds.
+    pub retry_delay_ms: u64,
 }
 
 /// RabbitMQ's default consumer acknowledgement timeout, in seconds.
 pub const RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_SECS: u64 = 30 * 60;
+
+/// Upper bound of `worker.concurrency`, far above what one process can use.
+pub const MAX_CONCURRENCY: usize = 4096;
+
+/// Upper bound of `worker.retry_delay_ms` and of the doubled delays derived from it.
+pub const MAX_RETRY_DELAY_MS: u64 = 60_000;
+
+impl WorkerSettings {
+    /// Delay before re-publishing a task whose attempt number `attempt` (1-based) failed.
+    pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
+        let doublings = attempt.saturating_sub(1).min(20);
+        let millis = self.retry_delay_ms.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY_MS);
+        std::time::Duration::from_millis(millis)
+    }
+}
 
 impl WorkerSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -93,6 +117,23 @@ impl WorkerSettings {
         }
         if self.heartbeat_secs == 0 {
             return Err(ConfigError::invalid("worker.heartbeat_secs", 0, "use at least 1"));
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Err(ConfigError::invalid(
+                "worker.concurrency",
+                self.concurrency,
+                format!("use a value from 1 to {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::invalid("worker.max_attempts", 0, "use at least 1; 1 means no retries"));
+        }
+        if self.retry_delay_ms > MAX_RETRY_DELAY_MS {
+            return Err(ConfigError::invalid(
+                "worker.retry_delay_ms",
+                self.retry_delay_ms,
+                format!("use at most {MAX_RETRY_DELAY_MS} ms"),
+            ));
         }
         Ok(())
     }
@@ -117,6 +158,25 @@ mod tests {
     fn bad_device_in_config_names_the_key() {
         let error = Config::from_toml("[worker]\ndevice = \"tpu\"\n").unwrap_err().to_string();
         assert!(error.contains("worker.device") || error.contains("tpu"), "{error}");
+    }
+
+    #[test]
+    fn zero_concurrency_and_attempts_are_rejected() {
+        let error = Config::from_toml("[worker]\nconcurrency = 0\n").unwrap_err().to_string();
+        assert!(error.contains("worker.concurrency"), "{error}");
+        let error = Config::from_toml("[worker]\nmax_attempts = 0\n").unwrap_err().to_string();
+        assert!(error.contains("worker.max_attempts"), "{error}");
+        let error = Config::from_toml("[worker]\nretry_delay_ms = 60001\n").unwrap_err().to_string();
+        assert!(error.contains("worker.retry_delay_ms"), "{error}");
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_cap() {
+        let config = Config::from_toml("[worker]\nretry_delay_ms = 500\n").unwrap();
+        assert_eq!(config.worker.retry_delay(1).as_millis(), 500);
+        assert_eq!(config.worker.retry_delay(2).as_millis(), 1000);
+        assert_eq!(config.worker.retry_delay(4).as_millis(), 4000);
+        assert_eq!(config.worker.retry_delay(40).as_millis(), 60_000);
     }
 
     #[test]

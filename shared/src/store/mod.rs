@@ -14,6 +14,7 @@
 //! | `P:exp:E:ckpt:rK:meta` | string | [`CheckpointMeta`](crate::records::CheckpointMeta) JSON |
 //! | `P:exp:E:pool:hard`, `P:exp:E:pool:easy` | sorted set | anomaly ids scored by the splitting detector |
 //! | `P:exp:E:progress:T` | string | saved progress of a sliced train task T |
+//! | `P:exp:E:failed` | hash | task id → error text of a task that failed for good |
 //! | `P:workers:W` | string | worker W's liveness record, JSON, with a TTL |
 //! | `P:llm-cache:H` | string | an LLM reply, by prompt hash |
 //!
@@ -22,6 +23,7 @@
 //! MULTI/EXEC transaction. A redelivered task rewrites the same values.
 
 mod anomalies;
+pub mod workers;
 
 pub use anomalies::StoredAnomaly;
 

@@ -1,1 +1,0 @@
-//! RabbitMQ topology, publishing with confirms and consuming with manual acks.

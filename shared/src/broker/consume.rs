@@ -1,0 +1,266 @@
+//! Consuming with manual acks, resuming on a new channel after the connection drops.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Acker, Channel};
+
+use super::{durable_queue, short, Broker, BrokerError, ATTEMPT_HEADER};
+use crate::ids::TaskKind;
+
+/// A queue to consume, declared again each time the consumer (re)starts so that a consumer
+/// started before the queue existed, or after it was deleted, still works.
+#[derive(Debug, Clone)]
+pub(super) struct QueueSpec {
+    pub name: String,
+    pub arguments: FieldTable,
+    /// Exchange and routing key to bind the queue to, if any.
+    pub binding: Option<(String, String)>,
+}
+
+/// One delivery, with the queue it came from.
+#[derive(Debug)]
+pub struct Incoming {
+    pub delivery: Delivery,
+    pub queue: String,
+    /// When this process received the delivery.
+    pub received_at: Instant,
+    /// Keeps the delivery's channel open until the delivery is dropped, even after its consumer
+    /// moved to a new channel.
+    _channel: Channel,
+}
+
+impl Incoming {
+    pub fn payload(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    /// Whether RabbitMQ delivered this message before without an acknowledgement.
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
+
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.delivery.properties.headers().as_ref()
+    }
+
+    /// The attempt number from the `x-kka-attempt` header; 1 when the header is missing or
+    /// not a positive integer.
+    pub fn attempt(&self) -> u32 {
+        let value = self.headers().and_then(|headers| headers.inner().get(ATTEMPT_HEADER));
+        let number = match value {
+            Some(AMQPValue::LongLongInt(n)) => i128::from(*n),
+            Some(AMQPValue::LongInt(n)) => i128::from(*n),
+            Some(AMQPValue::LongUInt(n)) => i128::from(*n),
+            Some(AMQPValue::ShortInt(n)) => i128::from(*n),
+            Some(AMQPValue::ShortUInt(n)) => i128::from(*n),
+            Some(AMQPValue::ShortShortInt(n)) => i128::from(*n),
+            Some(AMQPValue::ShortShortUInt(n)) => i128::from(*n),
+            _ => 1,
+        };
+        u32::try_from(number).ok().filter(|n| *n >= 1).unwrap_or(1)
+    }
+
+    /// A handle that acknowledges or rejects this delivery; clones share its single use.
+    pub fn acker(&self) -> Acker {
+        self.delivery.acker.clone()
+    }
+
+    /// Acknowledge the delivery. Returns `Ok(false)` when it was already acknowledged or its
+    /// channel is gone, in which case RabbitMQ delivers it again.
+    pub async fn ack(&self) -> Result<bool, BrokerError> {
+        self.delivery.acker.ack(BasicAckOptions::default()).await.map_err(BrokerError::amqp("basic.ack", self.queue.clone()))
+    }
+
+    /// Return the delivery to its queue. Returns `Ok(false)` like [`Incoming::ack`].
+    pub async fn requeue(&self) -> Result<bool, BrokerError> {
+        requeue(&self.delivery.acker).await.map_err(BrokerError::amqp("basic.nack", self.queue.clone()))
+    }
+}
+
+/// Return a delivery to its queue through its acker.
+pub async fn requeue(acker: &Acker) -> lapin::Result<bool> {
+    acker.nack(BasicNackOptions { multiple: false, requeue: true }).await
+}
+
+type DeliveryStream = BoxStream<'static, StreamItem>;
+
+enum StreamItem {
+    Delivery(usize, lapin::Result<Delivery>),
+    /// The consumer of queue `usize` stopped: cancelled by us or by the server.
+    Ended(usize),
+}
+
+/// The consumers of one channel, merged into one stream.
+struct Active {
+    channel: Channel,
+    tags: Vec<ShortString>,
+    stream: SelectAll<DeliveryStream>,
+}
+
+/// Deliveries from one or more queues over one channel, with a shared prefetch limit. After the
+/// connection or channel fails it opens a new channel and consumes again, retrying with the
+/// broker's reconnect backoff.
+pub struct Consumer {
+    broker: Broker,
+    queues: Vec<QueueSpec>,
+    prefetch: u16,
+    active: Option<Active>,
+    cancelled: bool,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.queues.iter().map(|queue| queue.name.as_str()).collect();
+        f.debug_struct("Consumer").field("queues", &names).field("cancelled", &self.cancelled).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Start consuming the queues of the given task kinds, with `broker.prefetch`
+    /// unacknowledged deliveries at most across all of them.
+    pub async fn consume_tasks(&self, kinds: &[TaskKind]) -> Result<Consumer, BrokerError> {
+        let queues = kinds
+            .iter()
+            .map(|kind| QueueSpec {
+                name: self.topology().task_queue(*kind),
+                arguments: self.topology().task_queue_arguments(),
+                binding: None,
+            })
+            .collect();
+        Consumer::start(self.clone(), queues, self.settings().prefetch).await
+    }
+}
+
+impl Consumer {
+    pub(super) async fn start(broker: Broker, queues: Vec<QueueSpec>, prefetch: u16) -> Result<Consumer, BrokerError> {
+        let mut consumer = Consumer { broker, queues, prefetch, active: None, cancelled: false };
+        consumer.active = Some(consumer.open().await?);
+        Ok(consumer)
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|queue| queue.name.clone()).collect()
+    }
+
+    /// The next delivery. Returns `None` once the consumer is cancelled or the broker closed.
+    /// Connection failures are logged and retried here, never returned.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        let initial_delay = Duration::from_millis(self.broker.settings().reconnect_initial_ms);
+        let max_delay = Duration::from_millis(self.broker.settings().reconnect_max_ms);
+        let mut delay = initial_delay;
+        loop {
+            if self.cancelled || self.broker.is_closed() {
+                return None;
+            }
+            let Some(active) = self.active.as_mut() else {
+                match self.open().await {
+                    Ok(active) => {
+                        tracing::info!(queues = ?self.queue_names(), "consuming again");
+                        self.active = Some(active);
+                        delay = initial_delay;
+                    }
+                    Err(BrokerError::Closed) => return None,
+                    Err(error) => {
+                        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                        tracing::warn!(%error, delay_ms, queues = ?self.queue_names(), "failed to start consuming; retrying");
+                        if !self.broker.sleep_unless_closed(delay).await {
+                            return None;
+                        }
+                        delay = (delay * 2).min(max_delay);
+                    }
+                }
+                continue;
+            };
+
+            match active.stream.next().await {
+                Some(StreamItem::Delivery(index, Ok(delivery))) => {
+                    let channel = active.channel.clone();
+                    return Some(Incoming {
+                        delivery,
+                        queue: self.queues[index].name.clone(),
+                        received_at: Instant::now(),
+                        _channel: channel,
+                    });
+                }
+                Some(StreamItem::Delivery(index, Err(error))) => {
+                    if !self.cancelled {
+                        tracing::warn!(%error, queue = %self.queues[index].name, "consumer failed; resuming on a new channel");
+                    }
+                    self.active = None;
+                }
+                Some(StreamItem::Ended(index)) => {
+                    if self.cancelled {
+                        return None;
+                    }
+                    tracing::warn!(queue = %self.queues[index].name, "RabbitMQ cancelled the consumer, maybe because the queue was deleted; consuming again");
+                    self.active = None;
+                }
+                None => {
+                    // Only reached with no queues at all, since every stream ends with `Ended`.
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stop receiving new deliveries. The channel stays open, so deliveries already received
+    /// can still be acknowledged; [`Consumer::close`] closes it.
+    pub async fn cancel(&mut self) {
+        self.cancelled = true;
+        let Some(active) = self.active.as_ref() else { return };
+        for tag in &active.tags {
+            if let Err(error) = active.channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+                tracing::debug!(%error, %tag, "cancelling a consumer failed; closing its channel will stop it");
+            }
+        }
+    }
+
+    /// Cancel and close the channel. Deliveries not acknowledged by then go back to their
+    /// queues.
+    pub async fn close(&mut self) {
+        self.cancel().await;
+        if let Some(active) = self.active.take() {
+            super::publish::close_quietly(&active.channel).await;
+        }
+    }
+
+    async fn open(&self) -> Result<Active, BrokerError> {
+        let channel = self.broker.channel().await?;
+        for queue in &self.queues {
+            declare(&channel, queue).await?;
+        }
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions { global: true })
+            .await
+            .map_err(BrokerError::amqp("basic.qos", "the consuming channel"))?;
+
+        let mut tags = Vec::with_capacity(self.queues.len());
+        let mut streams: Vec<DeliveryStream> = Vec::with_capacity(self.queues.len());
+        for (index, queue) in self.queues.iter().enumerate() {
+            let consumer = channel
+                .basic_consume(short(&queue.name), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(BrokerError::amqp("basic.consume", queue.name.clone()))?;
+            tags.push(consumer.tag());
+            let deliveries = consumer.map(move |result| StreamItem::Delivery(index, result));
+            streams.push(deliveries.chain(stream::once(async move { StreamItem::Ended(index) })).boxed());
+        }
+        Ok(Active { channel, tags, stream: stream::select_all(streams) })
+    }
+}
+
+pub(super) async fn declare(channel: &Channel, queue: &QueueSpec) -> Result<(), BrokerError> {
+    let declare_error = |source| BrokerError::Declare { name: queue.name.clone(), source };
+    channel.queue_declare(short(&queue.name), durable_queue(), queue.arguments.clone()).await.map_err(declare_error)?;
+    if let Some((exchange, routing_key)) = &queue.binding {
+        channel
+            .queue_bind(short(&queue.name), short(exchange), short(routing_key), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|source| BrokerError::Declare { name: queue.name.clone(), source })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Per-experiment queues of completion events.
+//!
+//! Each coordinator declares a durable queue `P.events.<experiment>` bound to the topic exchange
+//! `P.events` with the experiment id as routing key. Several coordinators can share one broker
+//! and each sees only its own events, and events published while a coordinator restarts wait in
+//! its queue. Events are wake-ups: Redis stays the source of truth for results and failures.
+
+use lapin::options::QueueDeleteOptions;
+use lapin::types::FieldTable;
+
+use super::consume::{Consumer, Incoming, QueueSpec};
+use super::{short, Broker, BrokerError};
+use crate::ids::ExperimentId;
+use crate::messages::{decode, CompletionEvent};
+
+/// A decoded completion event and the delivery that carried it.
+#[derive(Debug)]
+pub struct ReceivedEvent {
+    pub event: CompletionEvent,
+    pub incoming: Incoming,
+}
+
+impl ReceivedEvent {
+    /// Acknowledge the event once it has been acted on. Returns `Ok(false)` when its channel
+    /// is gone, in which case RabbitMQ delivers it again.
+    pub async fn ack(&self) -> Result<bool, BrokerError> {
+        self.incoming.ack().await
+    }
+}
+
+/// The completion events of one experiment.
+#[derive(Debug)]
+pub struct EventConsumer {
+    broker: Broker,
+    consumer: Consumer,
+}
+
+impl Broker {
+    fn event_queue_spec(&self, experiment: &ExperimentId) -> QueueSpec {
+        QueueSpec {
+            name: self.topology().event_queue(experiment),
+            arguments: FieldTable::default(),
+            binding: Some((self.topology().events_exchange(), experiment.to_string())),
+        }
+    }
+
+    /// Declare the durable event queue of an experiment and bind it to `P.events`; returns
+    /// its name. Declaring it again is harmless.
+    pub async fn declare_event_queue(&self, experiment: &ExperimentId) -> Result<String, BrokerError> {
+        let spec = self.event_queue_spec(experiment);
+        let channel = self.channel().await?;
+        let result = super::consume::declare(&channel, &spec).await;
+        super::publish::close_quietly(&channel).await;
+        result.map(|()| spec.name)
+    }
+
+    /// Delete the event queue of an experiment with any events still in it; returns how many
+    /// events were dropped.
+    pub async fn delete_event_queue(&self, experiment: &ExperimentId) -> Result<u32, BrokerError> {
+        let queue = self.topology().event_queue(experiment);
+        let channel = self.channel().await?;
+        let result = channel.queue_delete(short(&queue), QueueDeleteOptions::default()).await;
+        super::publish::close_quietly(&channel).await;
+        result.map_err(BrokerError::amqp("queue.delete", queue))
+    }
+
+    /// Declare the experiment's event queue and start consuming it.
+    pub async fn consume_events(&self, experiment: &ExperimentId) -> Result<EventConsumer, BrokerError> {
+        let spec = self.event_queue_spec(experiment);
+        let consumer = Consumer::start(self.clone(), vec![spec], self.settings().prefetch.max(EVENT_PREFETCH)).await?;
+        Ok(EventConsumer { broker: self.clone(), consumer })
+    }
+}
+
+/// Lowest prefetch of an event consumer: events are small and handled quickly, so a larger
+/// window keeps the coordinator from waiting on the round trip of each acknowledgement.
+const EVENT_PREFETCH: u16 = 256;
+
+impl EventConsumer {
+    /// The next event. A delivery that is not a valid event is moved to the dead-letter queue
+    /// with the reason, logged once and skipped. Returns `None` once cancelled or closed.
+    pub async fn next(&mut self) -> Option<ReceivedEvent> {
+        let max_bytes = self.broker.settings().max_payload_bytes;
+        loop {
+            let incoming = self.consumer.next().await?;
+            match decode::<CompletionEvent>(incoming.payload(), max_bytes) {
+                Ok(event) => return Some(ReceivedEvent { event, incoming }),
+                Err(error) => self.reject_malformed(incoming, &error.to_string()).await,
+            }
+        }
+    }
+
+    async fn reject_malformed(&self, incoming: Incoming, reason: &str) {
+        tracing::warn!(queue = %incoming.queue, %reason, "invalid completion event; moving it to the dead-letter queue");
+        match self.broker.dead_letter(incoming.payload(), reason, &incoming.queue).await {
+            Ok(()) => {
+                if let Err(error) = incoming.ack().await {
+                    tracing::warn!(%error, "failed to acknowledge an invalid event; it will be delivered again");
+                }
+            }
+            Err(error) => {
+                // Requeueing would bring it straight back, so it stays unacknowledged until
+                // this consumer's channel closes.
+                tracing::warn!(%error, "failed to dead-letter an invalid event; leaving it unacknowledged");
+            }
+        }
+    }
+
+    /// Stop receiving events; those received can still be acknowledged.
+    pub async fn cancel(&mut self) {
+        self.consumer.cancel().await;
+    }
+
+    /// Cancel and close the channel. Unacknowledged events stay in the queue.
+    pub async fn close(&mut self) {
+        self.consumer.close().await;
+    }
+}
