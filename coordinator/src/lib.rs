@@ -2,3 +2,6 @@
 //! the generator update, reports, and the smoke job and broker benchmark.
 
 pub mod cli;
+pub mod curriculum;
+pub mod plot;
+pub mod report;

@@ -23,6 +23,7 @@
 //! MULTI/EXEC transaction. A redelivered task rewrites the same values.
 
 mod anomalies;
+pub mod experiments;
 pub mod workers;
 
 pub use anomalies::StoredAnomaly;
