@@ -110,14 +110,43 @@ pub fn is_image(path: &Path) -> bool {
     matches!(extension.as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
+/// Incremental SHA-256 over the relative names and contents of dataset files, in the order of
+/// [`dataset_files`]. Loaders that read the files anyway feed it the same bytes, so they get the
+/// digest of [`files_digest`] without reading the files twice.
+#[derive(Default)]
+pub struct FilesDigest {
+    hasher: Sha256,
+}
+
+impl FilesDigest {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start the next file: hashes its path relative to the dataset root.
+    pub fn start_file(&mut self, root: &Path, path: &Path) {
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        self.hasher.update(relative.to_string_lossy().as_bytes());
+        self.hasher.update([0]);
+    }
+
+    /// Hash the next chunk of the current file's contents.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// The digest as hex.
+    pub fn finish(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
 /// SHA-256 over the relative names and contents of the dataset files, as hex.
 pub fn files_digest(format: DatasetFormat, root: &Path) -> Result<String, DatasetFilesError> {
-    let mut hasher = Sha256::new();
+    let mut digest = FilesDigest::new();
     let mut buffer = vec![0u8; 1 << 20];
     for path in dataset_files(format, root)? {
-        let relative = path.strip_prefix(root).unwrap_or(&path);
-        hasher.update(relative.to_string_lossy().as_bytes());
-        hasher.update([0]);
+        digest.start_file(root, &path);
         let read_error = |source| DatasetFilesError::Read { path: path.clone(), source };
         let mut file = std::fs::File::open(&path).map_err(read_error)?;
         loop {
@@ -125,10 +154,10 @@ pub fn files_digest(format: DatasetFormat, root: &Path) -> Result<String, Datase
             if n == 0 {
                 break;
             }
-            hasher.update(&buffer[..n]);
+            digest.update(&buffer[..n]);
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(digest.finish())
 }
 
 /// Fingerprint of a dataset copy under a protocol: SHA-256 of the files digest, the format and
