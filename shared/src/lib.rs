@@ -3,6 +3,7 @@
 //! - [`ids`]: typed ids for everything that crosses RabbitMQ or Redis.
 //! - [`messages`]: versioned task messages and completion events.
 //! - [`config`]: layered configuration, parsed then validated.
+//! - [`export`]: anomaly folders of PNGs, a manifest and a contact sheet.
 //! - [`prompt`]: class names, the procedural operation catalogue and the LLM anomaly prompt.
 //! - [`broker`]: RabbitMQ topology, publishing with confirms, consuming with manual acks.
 //! - [`store`]: Redis keys for experiment state, anomalies, pools and checkpoints.
@@ -12,6 +13,7 @@
 pub mod broker;
 pub mod config;
 pub mod dataset;
+pub mod export;
 pub mod ids;
 pub mod messages;
 pub mod prompt;

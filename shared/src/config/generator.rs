@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, SecretUrl};
+use crate::prompt::OperationFamily;
 
 /// Which generator turns anomaly knowledge into images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,6 +27,8 @@ pub struct GeneratorSettings {
     pub severity_max: f64,
     /// Number of severity bins whose weights the curriculum moves toward hard anomalies.
     pub severity_bins: usize,
+    /// Anomalies generated per libtorch batch (procedural and TorchScript generators).
+    pub batch_size: usize,
     /// Path of the TorchScript module, for `kind = "torchscript"`.
     pub torchscript_path: Option<PathBuf>,
     /// Base URL of the image API, such as `https://api.openai.com/v1`, for `kind = "http-image"`.
@@ -39,6 +42,13 @@ pub struct GeneratorSettings {
     pub image_api_max_bytes: usize,
     /// Seconds before an image API request times out.
     pub image_api_timeout_secs: u64,
+    /// Image size requested from the image API, such as `1024x1024`. The reply is resized to
+    /// the dataset's shape.
+    pub image_api_size: String,
+    /// Image API requests in flight at once.
+    pub image_api_concurrency: usize,
+    /// Attempts per image, counting timeouts, 429 and 5xx responses and corrupt images.
+    pub image_api_max_attempts: u32,
 }
 
 impl GeneratorSettings {
@@ -57,6 +67,10 @@ impl GeneratorSettings {
         if self.severity_bins == 0 {
             return Err(ConfigError::invalid("generator.severity_bins", 0, "use at least 1"));
         }
+        if self.batch_size == 0 {
+            return Err(ConfigError::invalid("generator.batch_size", 0, "use at least 1, such as 512"));
+        }
+        self.validate_image_api()?;
         match self.kind {
             GeneratorKind::Torchscript if self.torchscript_path.is_none() => Err(ConfigError::Conflict {
                 first: "generator.kind",
@@ -73,6 +87,29 @@ impl GeneratorSettings {
             }
             _ => Ok(()),
         }
+    }
+
+    fn validate_image_api(&self) -> Result<(), ConfigError> {
+        if self.image_api_concurrency == 0 {
+            return Err(ConfigError::invalid("generator.image_api_concurrency", 0, "use at least 1"));
+        }
+        if self.image_api_max_attempts == 0 {
+            return Err(ConfigError::invalid("generator.image_api_max_attempts", 0, "use at least 1"));
+        }
+        if self.image_api_max_bytes == 0 {
+            return Err(ConfigError::invalid("generator.image_api_max_bytes", 0, "use a byte limit such as 8388608"));
+        }
+        if self.image_api_timeout_secs == 0 {
+            return Err(ConfigError::invalid("generator.image_api_timeout_secs", 0, "use at least 1"));
+        }
+        let valid_size = self
+            .image_api_size
+            .split_once('x')
+            .is_some_and(|(width, height)| width.parse::<u32>().is_ok_and(|w| w > 0) && height.parse::<u32>().is_ok_and(|h| h > 0));
+        if !valid_size {
+            return Err(ConfigError::invalid("generator.image_api_size", &self.image_api_size, "use WIDTHxHEIGHT in pixels, such as 1024x1024"));
+        }
+        Ok(())
     }
 }
 
@@ -93,8 +130,13 @@ pub struct KnowledgeSettings {
     pub source: KnowledgeSourceKind,
     /// A knowledge base TOML file replacing the built-in one. Empty means built-in.
     pub path: Option<PathBuf>,
-    /// Which knowledge base domain to use: `clothing`, `digits`, `natural` or `auto` (from the dataset).
+    /// Knowledge base domain: `auto` (chosen from the dataset format) or a domain of the
+    /// knowledge base, such as `clothing`, `digits`, `natural` or `defects` in the built-in one.
     pub domain: String,
+    /// Concept families to generate (`local`, `global`). Empty means the domain's default.
+    pub families: Vec<OperationFamily>,
+    /// Captions of normal images, put into the LLM prompt.
+    pub captions: Vec<String>,
     /// Human-readable names of the dataset's classes, indexed by label. Empty means the dataset's own.
     pub class_names: Vec<String>,
     /// Base URL of the chat-completions API, such as `http://127.0.0.1:8000/v1`.
@@ -108,6 +150,8 @@ pub struct KnowledgeSettings {
     pub llm_max_attempts: u32,
     /// Concepts requested from the LLM per prompt.
     pub llm_concepts: u32,
+    /// Seconds an LLM reply stays in the Redis cache; 0 keeps it until the key is deleted.
+    pub llm_cache_ttl_secs: u64,
 }
 
 impl KnowledgeSettings {
@@ -122,8 +166,30 @@ impl KnowledgeSettings {
         if self.llm_max_attempts == 0 {
             return Err(ConfigError::invalid("knowledge.llm_max_attempts", 0, "use at least 1"));
         }
-        if !matches!(self.domain.as_str(), "auto" | "clothing" | "digits" | "natural") {
-            return Err(ConfigError::invalid("knowledge.domain", &self.domain, "use auto, clothing, digits or natural"));
+        if self.llm_timeout_secs == 0 {
+            return Err(ConfigError::invalid("knowledge.llm_timeout_secs", 0, "use at least 1"));
+        }
+        if self.llm_concepts == 0 {
+            return Err(ConfigError::invalid("knowledge.llm_concepts", 0, "use at least 1, such as 8"));
+        }
+
+        // Domains beyond the built-in ones may come from knowledge.path, so loading the base
+        // checks that the domain exists.
+        let valid_domain = !self.domain.is_empty()
+            && self.domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid_domain {
+            return Err(ConfigError::invalid(
+                "knowledge.domain",
+                format!("{:?}", self.domain),
+                "use auto or a domain name of the knowledge base, such as clothing, digits, natural or defects",
+            ));
+        }
+
+        let mut families = self.families.clone();
+        families.sort_unstable();
+        families.dedup();
+        if families.len() != self.families.len() {
+            return Err(ConfigError::invalid("knowledge.families", format!("{:?}", self.families), "list each family once"));
         }
         Ok(())
     }
@@ -149,6 +215,54 @@ mod tests {
     fn inverted_severity_range_is_rejected() {
         let error = Config::from_toml("[generator]\nseverity_min = 0.8\nseverity_max = 0.2\n").unwrap_err().to_string();
         assert!(error.contains("generator.severity_min"), "{error}");
+    }
+
+    #[test]
+    fn zero_batch_size_is_rejected() {
+        let error = Config::from_toml("[generator]\nbatch_size = 0\n").unwrap_err().to_string();
+        assert!(error.contains("generator.batch_size"), "{error}");
+    }
+
+    #[test]
+    fn malformed_image_size_is_rejected() {
+        for bad in ["1024", "0x10", "axb", "10x"] {
+            let error = Config::from_toml(&format!("[generator]\nimage_api_size = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(error.contains("generator.image_api_size"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn zero_image_api_limits_are_rejected() {
+        for key in ["image_api_concurrency", "image_api_max_attempts", "image_api_max_bytes", "image_api_timeout_secs"] {
+            let error = Config::from_toml(&format!("[generator]\n{key} = 0\n")).unwrap_err().to_string();
+            assert!(error.contains(&format!("generator.{key}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn knowledge_families_parse_and_reject_repeats() {
+        let config = Config::from_toml("[knowledge]\nfamilies = [\"local\"]\n").unwrap();
+        assert_eq!(config.knowledge.families, vec![crate::prompt::OperationFamily::Local]);
+        let error = Config::from_toml("[knowledge]\nfamilies = [\"local\", \"local\"]\n").unwrap_err().to_string();
+        assert!(error.contains("knowledge.families"), "{error}");
+        let error = Config::from_toml("[knowledge]\nfamilies = [\"semantic\"]\n").unwrap_err().to_string();
+        assert!(error.contains("semantic"), "{error}");
+    }
+
+    #[test]
+    fn knowledge_domain_must_be_a_name() {
+        let config = Config::from_toml("[knowledge]\ndomain = \"my-domain\"\n").unwrap();
+        assert_eq!(config.knowledge.domain, "my-domain");
+        let error = Config::from_toml("[knowledge]\ndomain = \"two words\"\n").unwrap_err().to_string();
+        assert!(error.contains("knowledge.domain"), "{error}");
+    }
+
+    #[test]
+    fn zero_llm_limits_are_rejected() {
+        for key in ["llm_timeout_secs", "llm_concepts", "llm_max_attempts"] {
+            let error = Config::from_toml(&format!("[knowledge]\n{key} = 0\n")).unwrap_err().to_string();
+            assert!(error.contains(&format!("knowledge.{key}")), "{error}");
+        }
     }
 
     #[test]

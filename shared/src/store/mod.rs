@@ -24,9 +24,11 @@
 
 mod anomalies;
 pub mod experiments;
+mod llm_cache;
 pub mod workers;
 
 pub use anomalies::StoredAnomaly;
+pub use llm_cache::llm_request_hash;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
