@@ -10,6 +10,7 @@ use lapin::{Acker, Channel};
 
 use super::{durable_queue, short, Broker, BrokerError, ATTEMPT_HEADER};
 use crate::ids::TaskKind;
+use crate::messages::decode;
 
 /// A queue to consume, declared again each time the consumer (re)starts so that a consumer
 /// started before the queue existed, or after it was deleted, still works.
@@ -120,6 +121,30 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Broker {
+    /// Decode a delivery. One that fails to decode (too large, unknown version, malformed) is
+    /// a poison message: it is copied to the dead-letter queue with the reason in its
+    /// `x-kka-reason` header, acknowledged, logged once, and `None` is returned.
+    pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(&self, incoming: &Incoming) -> Option<T> {
+        let error = match decode::<T>(incoming.payload(), self.settings().max_payload_bytes) {
+            Ok(message) => return Some(message),
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(queue = %incoming.queue, reason = %error, "invalid message; moving it to the dead-letter queue");
+        match self.dead_letter(incoming.payload(), &error, &incoming.queue).await {
+            Ok(()) => {
+                if let Err(error) = incoming.ack().await {
+                    tracing::warn!(%error, "failed to acknowledge a dead-lettered message; it will be delivered again");
+                }
+            }
+            Err(error) => {
+                // Requeueing would bring it straight back, so it stays unacknowledged until the
+                // consumer's channel closes.
+                tracing::error!(%error, "failed to dead-letter an invalid message; leaving it unacknowledged");
+            }
+        }
+        None
+    }
+
     /// Start consuming the queues of the given task kinds, with `broker.prefetch`
     /// unacknowledged deliveries at most across all of them.
     pub async fn consume_tasks(&self, kinds: &[TaskKind]) -> Result<Consumer, BrokerError> {

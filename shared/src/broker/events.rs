@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use super::consume::{Consumer, Incoming, QueueSpec};
 use super::{short, Broker, BrokerError};
 use crate::ids::ExperimentId;
-use crate::messages::{decode, CompletionEvent};
+use crate::messages::CompletionEvent;
 
 /// A decoded completion event and the delivery that carried it.
 #[derive(Debug)]
@@ -80,28 +80,10 @@ impl EventConsumer {
     /// The next event. A delivery that is not a valid event is moved to the dead-letter queue
     /// with the reason, logged once and skipped. Returns `None` once cancelled or closed.
     pub async fn next(&mut self) -> Option<ReceivedEvent> {
-        let max_bytes = self.broker.settings().max_payload_bytes;
         loop {
             let incoming = self.consumer.next().await?;
-            match decode::<CompletionEvent>(incoming.payload(), max_bytes) {
-                Ok(event) => return Some(ReceivedEvent { event, incoming }),
-                Err(error) => self.reject_malformed(incoming, &error.to_string()).await,
-            }
-        }
-    }
-
-    async fn reject_malformed(&self, incoming: Incoming, reason: &str) {
-        tracing::warn!(queue = %incoming.queue, %reason, "invalid completion event; moving it to the dead-letter queue");
-        match self.broker.dead_letter(incoming.payload(), reason, &incoming.queue).await {
-            Ok(()) => {
-                if let Err(error) = incoming.ack().await {
-                    tracing::warn!(%error, "failed to acknowledge an invalid event; it will be delivered again");
-                }
-            }
-            Err(error) => {
-                // Requeueing would bring it straight back, so it stays unacknowledged until
-                // this consumer's channel closes.
-                tracing::warn!(%error, "failed to dead-letter an invalid event; leaving it unacknowledged");
+            if let Some(event) = self.broker.decode_or_dead_letter::<CompletionEvent>(&incoming).await {
+                return Some(ReceivedEvent { event, incoming });
             }
         }
     }
