@@ -3,5 +3,8 @@
 
 pub mod cli;
 pub mod curriculum;
+pub mod engine;
+pub mod plan;
+pub mod preflight;
 pub mod plot;
 pub mod report;

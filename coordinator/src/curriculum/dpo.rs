@@ -30,8 +30,8 @@ pub struct ScoredDescription {
 /// easy descriptions, easiest (highest score) first, rank by rank. A description that is both
 /// hard and easy in the round is kept on both sides, but never paired with itself.
 pub fn build_pairs(prompt: &str, hard: &[ScoredDescription], easy: &[ScoredDescription]) -> Vec<DpoPair> {
-    let chosen = distinct_by_score(hard, false);
-    let rejected = distinct_by_score(easy, true);
+    let chosen = distinct_descriptions(hard, false);
+    let rejected = distinct_descriptions(easy, true);
     chosen
         .into_iter()
         .zip(rejected)
@@ -42,7 +42,7 @@ pub fn build_pairs(prompt: &str, hard: &[ScoredDescription], easy: &[ScoredDescr
 
 /// Lists distinct descriptions ordered by score (descending when `highest_first`), each at the
 /// rank of its best-scored occurrence. Equal scores order by text, so input order never matters.
-fn distinct_by_score(items: &[ScoredDescription], highest_first: bool) -> Vec<String> {
+pub fn distinct_descriptions(items: &[ScoredDescription], highest_first: bool) -> Vec<String> {
     let mut sorted: Vec<&ScoredDescription> = items.iter().filter(|d| !d.description.trim().is_empty()).collect();
     sorted.sort_by(|a, b| {
         let by_score = a.score.total_cmp(&b.score);

@@ -75,6 +75,9 @@ pub struct CurriculumSettings {
     pub seed: u64,
     /// Seconds the coordinator waits for one phase's tasks before it reports them as stuck.
     pub phase_timeout_secs: u64,
+    /// Seconds the coordinator waits at start-up for live workers that consume generate, score
+    /// and train tasks before it gives up; 0 checks once without waiting.
+    pub worker_wait_secs: u64,
 }
 
 /// The default schedule: linear from 0.25 to 0.75.
@@ -160,6 +163,9 @@ impl CurriculumSettings {
         positive("curriculum.labelled_anomalies", self.labelled_anomalies)?;
         positive("curriculum.knn", self.knn)?;
         positive("curriculum.pool_cap", self.pool_cap)?;
+        if self.phase_timeout_secs == 0 {
+            return Err(ConfigError::invalid("curriculum.phase_timeout_secs", 0, "use at least 1 second, such as 3600"));
+        }
         if !self.detector.needs_anomalies() {
             return Err(ConfigError::Conflict {
                 first: "curriculum.detector",
@@ -259,6 +265,19 @@ mod tests {
         let toml = "[curriculum.split]\nkind = \"quantile\"\nq = 1.2\nmargin = 0.0\n";
         let error = Config::from_toml(toml).unwrap_err().to_string();
         assert!(error.contains("curriculum.split.q"), "{error}");
+    }
+
+    #[test]
+    fn zero_phase_timeout_is_rejected() {
+        let error = Config::from_toml("[curriculum]\nphase_timeout_secs = 0\n").unwrap_err().to_string();
+        assert!(error.contains("curriculum.phase_timeout_secs"), "{error}");
+    }
+
+    #[test]
+    fn worker_wait_defaults_and_overrides() {
+        assert_eq!(Config::from_toml("").unwrap().curriculum.worker_wait_secs, 60);
+        let config = Config::from_toml("[curriculum]\nworker_wait_secs = 0\n").unwrap();
+        assert_eq!(config.curriculum.worker_wait_secs, 0);
     }
 
     #[test]

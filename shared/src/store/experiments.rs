@@ -8,7 +8,6 @@
 //! | `P:exp:E:state` | hash | [`ExperimentState`], one field per member, `generator_state` as JSON |
 //! | `P:exp:E:rounds` | hash | round number → [`RoundRecord`] JSON |
 //! | `P:exp:E:pool:hard`, `P:exp:E:pool:easy` | sorted set | anomaly id, scored by the detector that split it |
-//! | `P:exp:E:failed` | hash | task id → error of a task that failed for good (written by the runner) |
 //!
 //! Every change of phase is one MULTI/EXEC transaction together with the results it depends on,
 //! so a crash leaves the experiment either before or after a transition, never half-way.
@@ -38,6 +37,32 @@ pub struct ExperimentConfig {
     pub generator: GeneratorSettings,
     pub knowledge: KnowledgeSettings,
     pub curriculum: CurriculumSettings,
+}
+
+impl ExperimentConfig {
+    /// Copies the experiment sections out of a validated config.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        ExperimentConfig {
+            dataset: config.dataset.clone(),
+            detector: config.detector.clone(),
+            generator: config.generator.clone(),
+            knowledge: config.knowledge.clone(),
+            curriculum: config.curriculum.clone(),
+        }
+    }
+
+    /// Replaces the experiment sections of `raw` with these, keeping its broker, store,
+    /// telemetry and worker sections. The result still needs validating.
+    pub fn apply_to(self, raw: crate::config::RawConfig) -> crate::config::RawConfig {
+        crate::config::RawConfig {
+            dataset: self.dataset,
+            detector: self.detector,
+            generator: self.generator,
+            knowledge: self.knowledge,
+            curriculum: self.curriculum,
+            ..raw
+        }
+    }
 }
 
 /// Step of a round. Round 0 has only [`Phase::Train`]; rounds 1..=R go through all four.
@@ -343,12 +368,6 @@ impl Store {
             .map_err(StoreError::redis("SMISMEMBER done"))
     }
 
-    /// Tasks that failed for good, by task id, with their errors.
-    pub async fn failed_tasks(&self, experiment: &ExperimentId) -> Result<BTreeMap<String, String>, StoreError> {
-        let key = self.experiment_key(experiment, "failed");
-        self.connection().hgetall(&key).await.map_err(StoreError::redis("HGETALL failed"))
-    }
-
     /// Scores of `ids` under round `round`'s detector, in the same order; `None` where missing.
     pub async fn scores(
         &self,
@@ -650,7 +669,6 @@ mod tests {
 
         assert_eq!(store.tasks_done(&experiment, &tasks).await.unwrap(), vec![false, true, false]);
         assert!(store.tasks_done(&experiment, &[]).await.unwrap().is_empty());
-        assert!(store.failed_tasks(&experiment).await.unwrap().is_empty());
         assert_eq!(store.delete_experiment(&experiment).await.unwrap(), 2);
         assert_eq!(store.tasks_done(&experiment, &tasks).await.unwrap(), vec![false, false, false]);
     }
