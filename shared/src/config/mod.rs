@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use broker::{BrokerSettings, StoreSettings};
 pub use curriculum::{CurriculumSettings, HardRatioSchedule, PoolPolicy, SplitRule};
 pub use dataset::{DatasetFormat, DatasetProtocol, DatasetSettings, Preprocessing};
-pub use detector::{DetectorKind, DetectorSettings};
+pub use detector::{DetectorKind, DetectorSettings, NetworkKind};
 pub use generator::{GeneratorKind, GeneratorSettings, KnowledgeSettings, KnowledgeSourceKind};
 pub use secret::SecretUrl;
 pub use telemetry::{LogFormat, TelemetrySettings};

@@ -163,6 +163,18 @@ pub fn load_one_class(settings: &DatasetSettings, protocol: &DatasetProtocol) ->
     plan.materialize(&raw)
 }
 
+/// Fashion-MNIST from the path in `config/default.toml`, decoded once per test process.
+#[cfg(test)]
+pub(crate) fn fashion_mnist(protocol: &DatasetProtocol) -> OneClassData {
+    static CACHE: std::sync::OnceLock<DatasetCache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        let config = kka_shared::config::Config::from_toml("").expect("the default config is valid");
+        DatasetCache::new(config.dataset.clone())
+    });
+    let data = cache.get(protocol).expect("Fashion-MNIST is installed by scripts/setup.sh");
+    std::sync::Arc::try_unwrap(data).expect("get returns a fresh Arc")
+}
+
 /// Read a whole file into memory, naming it on failure.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|source| DataError::Read { path: path.to_owned(), source })

@@ -35,6 +35,11 @@ impl Normalizer {
         }
     }
 
+    /// Rebuild a normalizer from saved statistics, as written by a checkpoint.
+    pub fn from_parts(preprocessing: Preprocessing, mean: Vec<f64>, std: Vec<f64>) -> Self {
+        Self { preprocessing, mean, std }
+    }
+
     pub fn preprocessing(&self) -> Preprocessing {
         self.preprocessing
     }
