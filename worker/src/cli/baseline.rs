@@ -1,13 +1,239 @@
-//! TODO: `kka-worker baseline`
+//! `kka-worker baseline`: train a detector on one normal class and evaluate it on the test split,
+//! without RabbitMQ or Redis.
+//!
+//! Prints a one-line summary and writes a JSON report with the metrics, timings, throughput and
+//! peak memory. Deep SAD and outlier exposure need labelled anomalies, which this command does
+//! not take, so it only trains Deep SVDD.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use kka_shared::config::{Config, DetectorKind, DetectorSettings};
+use serde::Serialize;
+
+use crate::data::{load_one_class, OneClassData};
+use crate::detector::{configure_threads, torch_device, Detector, Phase, Training};
+use crate::metrics::{aupr, auroc};
 
 /// Arguments of `kka-worker baseline`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Config file layered over config/default.toml.
     #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
+    /// Label of the normal class; every other class is anomalous in the test split.
+    #[arg(long)]
+    pub normal_class: u32,
+    /// Detector to train: deep-svdd (deep-sad and outlier-exposure need labelled anomalies).
+    #[arg(long, default_value = "deep-svdd", value_parser = parse_kind)]
+    pub detector: DetectorKind,
+    /// Path of the JSON report; its folder must exist.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Device: cpu, cuda or cuda:N; replaces worker.device.
+    #[arg(long)]
+    pub device: Option<kka_shared::config::Device>,
+    /// libtorch CPU threads (0: libtorch's default); replaces worker.threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Detector training epochs; replaces detector.epochs.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Autoencoder pretraining epochs (0 skips pretraining); replaces detector.pretrain_epochs.
+    #[arg(long)]
+    pub pretrain_epochs: Option<u32>,
+    /// Seed of weight initialisation and batch order; replaces detector.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn parse_kind(text: &str) -> Result<DetectorKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("invalid detector {text:?}: use deep-svdd, deep-sad or outlier-exposure"))
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub detector: DetectorKind,
+    pub network: String,
+    pub normal_class: u32,
+    pub class_name: String,
+    pub auroc: f64,
+    pub aupr: f64,
+    /// Seconds of pretraining plus detector training, excluding data loading and evaluation.
+    pub train_seconds: f64,
+    pub pretrain_seconds: f64,
+    pub epochs: u32,
+    pub pretrain_epochs: u32,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub device: String,
+    /// libtorch's intra-op thread count during the run.
+    pub threads: i32,
+    pub train_images: usize,
+    pub test_images: usize,
+    /// Training images processed per second over both phases.
+    pub images_per_second: f64,
+    /// Mean seconds per detector training epoch.
+    pub seconds_per_epoch: f64,
+    /// Share of the training time spent drawing batch orders and gathering batches.
+    pub batching_fraction: f64,
+    pub data_seconds: f64,
+    pub evaluation_seconds: f64,
+    /// Peak resident set size of the process (VmHWM), in bytes; absent where /proc is missing.
+    pub peak_rss_bytes: Option<u64>,
+    pub dataset_fingerprint: String,
+}
+
+/// Training time and throughput, summed over epochs.
+#[derive(Debug, Default)]
+struct Timing {
+    pretrain_seconds: f64,
+    detector_seconds: f64,
+    batching_seconds: f64,
+    images: usize,
 }
 
 pub fn main(args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("kka-worker baseline is not built yet (config {:?})", args.config)
+    let config = Config::load(args.config.as_deref()).context("failed to load the config")?;
+    kka_shared::telemetry::init(&config.telemetry, false);
+    if args.detector.needs_anomalies() {
+        bail!(
+            "{} needs labelled anomalies, but `kka-worker baseline` trains on normal images only; use --detector deep-svdd, or run an experiment with kka-coordinator",
+            args.detector
+        );
+    }
+    let settings = detector_settings(&config, &args)?;
+    let device_setting = args.device.unwrap_or(config.worker.device);
+    configure_threads(args.threads.unwrap_or(config.worker.threads));
+    let device = torch_device(device_setting)?;
+
+    let data_started = Instant::now();
+    let protocol = kka_shared::config::DatasetProtocol { normal_classes: vec![args.normal_class], ..config.dataset.protocol.clone() };
+    let data = load_one_class(&config.dataset, &protocol)
+        .with_context(|| format!("failed to load the {:?} dataset at {}", config.dataset.format, config.dataset.path.display()))?;
+    let data_seconds = data_started.elapsed().as_secs_f64();
+
+    let (detector, timing) = train(&data, &settings, device)?;
+    let evaluation_started = Instant::now();
+    let scores = detector.score(&data.test.images).context("failed to score the test split")?;
+    let auroc = auroc(&scores, &data.test_is_anomaly)?;
+    let aupr = aupr(&scores, &data.test_is_anomaly)?;
+    let evaluation_seconds = evaluation_started.elapsed().as_secs_f64();
+
+    let report = build_report(&args, &settings, &data, detector.as_ref(), device_setting, &timing, [auroc, aupr, data_seconds, evaluation_seconds]);
+    write_report(&args.output, &report)?;
+    println!(
+        "{} class {} ({}): AUROC {:.4}, AUPR {:.4}, {} + {} epochs in {:.1} s ({:.0} images/s), peak RSS {} MiB",
+        report.detector,
+        report.normal_class,
+        report.class_name,
+        report.auroc,
+        report.aupr,
+        report.pretrain_epochs,
+        report.epochs,
+        report.train_seconds,
+        report.images_per_second,
+        report.peak_rss_bytes.map_or("unknown".to_string(), |bytes| (bytes >> 20).to_string()),
+    );
+    Ok(())
+}
+
+fn detector_settings(config: &Config, args: &Args) -> anyhow::Result<DetectorSettings> {
+    let mut settings = config.detector.clone();
+    settings.kind = args.detector;
+    settings.epochs = args.epochs.unwrap_or(settings.epochs);
+    settings.pretrain_epochs = args.pretrain_epochs.unwrap_or(settings.pretrain_epochs);
+    settings.seed = args.seed.unwrap_or(settings.seed);
+    settings.validate().context("invalid detector settings after applying the command-line options")?;
+    Ok(settings)
+}
+
+fn train(data: &OneClassData, settings: &DetectorSettings, device: tch::Device) -> anyhow::Result<(Box<dyn Detector>, Timing)> {
+    let mut training = Training::new(data, None, settings, device).context("failed to set up training")?;
+    let mut timing = Timing::default();
+    while !training.is_finished() {
+        let report = training.run_epoch().context("training failed")?;
+        match report.phase {
+            Phase::Pretrain => timing.pretrain_seconds += report.seconds,
+            _ => timing.detector_seconds += report.seconds,
+        }
+        timing.batching_seconds += report.batching_seconds;
+        timing.images += report.images;
+        tracing::info!(phase = report.phase.as_str(), epoch = report.epoch, loss = report.loss, seconds = report.seconds, "epoch finished");
+    }
+    Ok((training.finish()?, timing))
+}
+
+/// `values` holds AUROC, AUPR, data-loading seconds and evaluation seconds.
+fn build_report(
+    args: &Args,
+    settings: &DetectorSettings,
+    data: &OneClassData,
+    detector: &dyn Detector,
+    device: kka_shared::config::Device,
+    timing: &Timing,
+    values: [f64; 4],
+) -> Report {
+    let [auroc, aupr, data_seconds, evaluation_seconds] = values;
+    let train_seconds = timing.pretrain_seconds + timing.detector_seconds;
+    Report {
+        detector: settings.kind,
+        network: detector.info().architecture.clone(),
+        normal_class: args.normal_class,
+        class_name: data.class_names.get(args.normal_class as usize).cloned().unwrap_or_default(),
+        auroc,
+        aupr,
+        train_seconds,
+        pretrain_seconds: timing.pretrain_seconds,
+        epochs: settings.epochs,
+        pretrain_epochs: settings.pretrain_epochs,
+        batch_size: settings.batch_size,
+        seed: settings.seed,
+        device: device.to_string(),
+        threads: tch::get_num_threads(),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
+        images_per_second: timing.images as f64 / train_seconds.max(f64::MIN_POSITIVE),
+        seconds_per_epoch: timing.detector_seconds / f64::from(settings.epochs.max(1)),
+        batching_fraction: timing.batching_seconds / train_seconds.max(f64::MIN_POSITIVE),
+        data_seconds,
+        evaluation_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        dataset_fingerprint: data.fingerprint.clone(),
+    }
+}
+
+fn write_report(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report).context("failed to encode the report")?;
+    std::fs::write(path, json + "\n").with_context(|| format!("failed to write the report to {}", path.display()))
+}
+
+/// Peak resident set size (VmHWM in /proc/self/status), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kibibytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kibibytes * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detector_names_parse() {
+        assert_eq!(parse_kind("deep-svdd").unwrap(), DetectorKind::DeepSvdd);
+        assert_eq!(parse_kind("outlier-exposure").unwrap(), DetectorKind::OutlierExposure);
+        let error = parse_kind("svm").unwrap_err();
+        assert!(error.contains("svm"), "{error}");
+    }
+
+    #[test]
+    fn peak_rss_is_read_from_proc() {
+        let bytes = peak_rss_bytes().unwrap();
+        assert!(bytes > 1 << 20, "{bytes}");
+    }
 }
