@@ -23,6 +23,7 @@
 //! MULTI/EXEC transaction. A redelivered task rewrites the same values.
 
 mod anomalies;
+mod detectors;
 pub mod experiments;
 mod llm_cache;
 pub mod workers;
