@@ -8,6 +8,8 @@
 //! deterministic, a stopped coordinator continues with `kka-coordinator resume`.
 
 mod split;
+#[cfg(test)]
+mod tests;
 mod train;
 mod wait;
 

@@ -89,7 +89,7 @@ impl Engine {
         }
         tracing::info!(round = round.0, %phase, tasks = tasks.len(), published = pending.len(), "phase started");
         if self.should_stop_after_publishing(round, phase) {
-            return Err(EngineError::Stopped { round });
+            return Err(EngineError::Stopped { round: round.previous().unwrap_or(RoundIndex::BASELINE) });
         }
 
         let timeline = self.wait_for(round, phase, &ids, pending.iter().map(|t| t.task_id.clone()).collect(), started).await?;
