@@ -109,12 +109,16 @@ async fn answer(store: &Store, task: &TaskMessage) -> TaskSummary {
         TaskBody::Score(score) => {
             let records = store.anomaly_records(&score.anomalies).await.expect("read anomalies");
             for round in &score.checkpoint_rounds {
-                let key = store.experiment_key(&experiment, &format!("scores:r{round}"));
-                for (id, record) in score.anomalies.iter().zip(&records) {
-                    let concept = record.as_ref().map_or("", |r| r.concept_id.as_str());
-                    let value = ScoreRecord { score: fake_score(id, *round, concept), knn_distance: 1.0 };
-                    pipe.hset(&key, id.to_string(), serde_json::to_string(&value).expect("json")).ignore();
-                }
+                let scores: Vec<(AnomalyId, ScoreRecord)> = score
+                    .anomalies
+                    .iter()
+                    .zip(&records)
+                    .map(|(id, record)| {
+                        let concept = record.as_ref().map_or("", |r| r.concept_id.as_str());
+                        (id.clone(), ScoreRecord { score: fake_score(id, *round, concept), knn_distance: 1.0 })
+                    })
+                    .collect();
+                store.add_score_writes(&mut pipe, &experiment, *round, &scores);
             }
             TaskSummary::Scored { count: u32::try_from(score.anomalies.len()).expect("small") }
         }
@@ -131,8 +135,7 @@ async fn answer(store: &Store, task: &TaskMessage) -> TaskSummary {
                 validation_knn_distances: vec![1.0; 20],
                 dataset_fingerprint: task.dataset_fingerprint.clone(),
             };
-            let key = store.experiment_key(&experiment, &format!("ckpt:r{}:meta", task.round()));
-            pipe.set(key, serde_json::to_string(&meta).expect("json")).ignore();
+            store.add_checkpoint_writes(&mut pipe, &experiment, b"stub checkpoint", &meta);
             TaskSummary::Trained { auroc, aupr: auroc / 2.0, train_seconds: 0.01, epochs: 1 }
         }
         TaskBody::Noop(noop) => TaskSummary::Noop { sent_at_micros: noop.sent_at_micros },

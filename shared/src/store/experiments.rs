@@ -378,7 +378,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let key = self.experiment_key(experiment, &format!("scores:r{round}"));
+        let key = self.scores_key(experiment, round);
         let fields: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(&key)
@@ -401,7 +401,7 @@ impl Store {
         experiment: &ExperimentId,
         round: RoundIndex,
     ) -> Result<Option<CheckpointMeta>, StoreError> {
-        let key = self.experiment_key(experiment, &format!("ckpt:r{round}:meta"));
+        let key = self.checkpoint_meta_key(experiment, round);
         let raw: Option<Vec<u8>> = self.connection().get(&key).await.map_err(StoreError::redis("GET checkpoint meta"))?;
         raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|error| self.corrupt(key, error))).transpose()
     }
