@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use futures::stream::{self, SelectAll, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -87,7 +87,8 @@ pub async fn requeue(acker: &Acker) -> lapin::Result<bool> {
     acker.nack(BasicNackOptions { multiple: false, requeue: true }).await
 }
 
-type DeliveryStream = BoxStream<'static, StreamItem>;
+/// Sync as well as Send, so that a `&Consumer` can be held across an await in a spawned task.
+type DeliveryStream = std::pin::Pin<Box<dyn futures::Stream<Item = StreamItem> + Send + Sync>>;
 
 enum StreamItem {
     Delivery(usize, lapin::Result<Delivery>),
@@ -236,9 +237,12 @@ impl Consumer {
     /// can still be acknowledged; [`Consumer::close`] closes it.
     pub async fn cancel(&mut self) {
         self.cancelled = true;
-        let Some(active) = self.active.as_ref() else { return };
-        for tag in &active.tags {
-            if let Err(error) = active.channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+        // Cloned so that no reference to the stream, which is not Sync, lives across an await.
+        let Some((channel, tags)) = self.active.as_ref().map(|active| (active.channel.clone(), active.tags.clone())) else {
+            return;
+        };
+        for tag in &tags {
+            if let Err(error) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
                 tracing::debug!(%error, %tag, "cancelling a consumer failed; closing its channel will stop it");
             }
         }
@@ -272,7 +276,7 @@ impl Consumer {
                 .map_err(BrokerError::amqp("basic.consume", queue.name.clone()))?;
             tags.push(consumer.tag());
             let deliveries = consumer.map(move |result| StreamItem::Delivery(index, result));
-            streams.push(deliveries.chain(stream::once(async move { StreamItem::Ended(index) })).boxed());
+            streams.push(Box::pin(deliveries.chain(stream::once(async move { StreamItem::Ended(index) }))));
         }
         Ok(Active { channel, tags, stream: stream::select_all(streams) })
     }

@@ -35,7 +35,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-pub use consume::{Consumer, Incoming};
+pub use consume::{requeue, Consumer, Incoming};
 pub use events::{EventConsumer, ReceivedEvent};
 pub use publish::{DeadLetter, Outgoing};
 

@@ -91,6 +91,9 @@ pub const MAX_CONCURRENCY: usize = 4096;
 pub const MAX_RETRY_DELAY_MS: u64 = 60_000;
 
 impl WorkerSettings {
+    /// RabbitMQ's default consumer acknowledgement timeout, in seconds.
+    pub const RABBITMQ_CONSUMER_TIMEOUT_SECS: u64 = RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_SECS;
+
     /// Delay before re-publishing a task whose attempt number `attempt` (1-based) failed.
     pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
         let doublings = attempt.saturating_sub(1).min(20);
