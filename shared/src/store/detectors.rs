@@ -68,7 +68,7 @@ impl Store {
         Ok(())
     }
 
-    /// The saved progress of a train task, if it was sliced before.
+    /// Load the saved progress of a train task, if it was sliced before.
     pub async fn load_progress(&self, task: &TaskId) -> Result<Option<Vec<u8>>, StoreError> {
         self.connection().get(self.progress_key(task)).await.map_err(StoreError::redis("GET progress"))
     }

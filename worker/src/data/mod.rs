@@ -95,6 +95,8 @@ pub enum DataError {
     EmptySplit { split: &'static str, detail: String, fix: &'static str },
     #[error("dataset fingerprint mismatch: the task expects {expected} but this worker's data gives {local}; give every worker the same dataset files and protocol (dataset.path, dataset.format, [dataset] keys)")]
     FingerprintMismatch { expected: String, local: String },
+    #[error("anomaly {id} has shape {found:?} (C, H, W) but the dataset images have {expected:?}; it was generated from another dataset")]
+    AnomalyShape { id: String, found: [u32; 3], expected: [u32; 3] },
     #[error("tensor operation failed while preparing the dataset: {0}")]
     Tensor(#[from] tch::TchError),
 }
@@ -161,6 +163,26 @@ pub fn load_one_class(settings: &DatasetSettings, protocol: &DatasetProtocol) ->
     let raw = load_raw(settings.format, &settings.path)?;
     let plan = SplitPlan::new(&raw, protocol)?;
     plan.materialize(&raw)
+}
+
+/// Stack stored anomaly pixels (u8, C×H×W each) into an N×C×H×W tensor of [0, 1] values,
+/// checking that every anomaly has the dataset's `shape`.
+pub fn anomaly_images(anomalies: &[kka_shared::store::StoredAnomaly], shape: [i64; 3]) -> Result<tch::Tensor, DataError> {
+    let expected = shape.map(|dim| dim as u32);
+    let mut pixels = Vec::with_capacity(anomalies.len() * shape.iter().product::<i64>() as usize);
+    for anomaly in anomalies {
+        if anomaly.record.shape != expected {
+            return Err(DataError::AnomalyShape { id: anomaly.record.id.to_string(), found: anomaly.record.shape, expected });
+        }
+        pixels.extend_from_slice(&anomaly.pixels);
+    }
+
+    let [c, h, w] = shape;
+    let images = tch::Tensor::f_from_slice(&pixels)?
+        .f_view([anomalies.len() as i64, c, h, w])?
+        .f_to_kind(tch::Kind::Float)?
+        .f_div_scalar(255.0)?;
+    Ok(images)
 }
 
 /// Fashion-MNIST from the path in `config/default.toml`, decoded once per test process.

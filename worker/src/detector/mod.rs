@@ -7,9 +7,11 @@
 //! - [`deep_sad`], [`outlier_exposure`]: the trained detectors and their losses.
 //! - [`checkpoint`]: safetensors bytes of weights plus metadata.
 //! - [`optim`]: Adam with saveable moments.
+//! - [`knn`]: mean distances to the k nearest training embeddings.
 
 pub mod checkpoint;
 pub mod deep_sad;
+pub mod knn;
 pub mod net;
 pub mod optim;
 pub mod outlier_exposure;

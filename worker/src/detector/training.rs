@@ -98,6 +98,8 @@ pub struct Training {
     phase: Phase,
     /// Epochs finished in the current phase.
     epoch: u32,
+    /// Seconds spent in finished epochs, across resumptions.
+    elapsed_seconds: f64,
     store: VarStore,
     encoder: Encoder,
     head: Option<Head>,
@@ -196,6 +198,7 @@ impl Training {
             architecture,
             phase: Phase::Pretrain,
             epoch: 0,
+            elapsed_seconds: 0.0,
             store: networks.store,
             encoder: networks.encoder,
             head: networks.head,
@@ -215,6 +218,11 @@ impl Training {
     /// Epochs finished in the current phase.
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// Seconds spent in finished epochs, including those before a resumption.
+    pub fn elapsed_seconds(&self) -> f64 {
+        self.elapsed_seconds
     }
 
     pub fn is_finished(&self) -> bool {
@@ -248,6 +256,7 @@ impl Training {
         }
 
         self.epoch += 1;
+        self.elapsed_seconds += report.seconds;
         let settings = &self.info.settings;
         if phase == Phase::Pretrain && self.epoch == settings.pretrain_epochs {
             self.transfer_encoder()?;
@@ -310,6 +319,7 @@ impl Training {
             ("phase".to_string(), self.phase.as_str().to_string()),
             ("epoch".to_string(), self.epoch.to_string()),
             ("steps".to_string(), steps.to_string()),
+            ("seconds".to_string(), self.elapsed_seconds.to_string()),
         ]);
         checkpoint::encode(&tensors, metadata)
     }
@@ -320,6 +330,7 @@ impl Training {
         let phase = Phase::parse(phase_text).ok_or_else(|| corrupt(format!("unknown phase {phase_text:?}")))?;
         let epoch: u32 = checkpoint::required_json(metadata, "epoch")?;
         let steps: i64 = checkpoint::required_json(metadata, "steps")?;
+        self.elapsed_seconds = checkpoint::required_json(metadata, "seconds")?;
 
         load_named(&self.store, "", &strip_prefix(tensors, "model/"))?;
         self.phase = phase;
