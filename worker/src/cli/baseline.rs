@@ -76,6 +76,10 @@ pub struct Report {
     pub test_images: usize,
     /// Training images processed per second over both phases.
     pub images_per_second: f64,
+    /// Training images per second during autoencoder pretraining; absent without pretraining.
+    pub pretrain_images_per_second: Option<f64>,
+    /// Training images per second during detector training.
+    pub train_images_per_second: f64,
     /// Mean seconds per detector training epoch.
     pub seconds_per_epoch: f64,
     /// Share of the training time spent drawing batch orders and gathering batches.
@@ -93,7 +97,9 @@ struct Timing {
     pretrain_seconds: f64,
     detector_seconds: f64,
     batching_seconds: f64,
+    /// Images of both phases.
     images: usize,
+    pretrain_images: usize,
 }
 
 pub fn main(args: Args) -> anyhow::Result<()> {
@@ -157,7 +163,10 @@ fn train(data: &OneClassData, settings: &DetectorSettings, device: tch::Device) 
     while !training.is_finished() {
         let report = training.run_epoch().context("training failed")?;
         match report.phase {
-            Phase::Pretrain => timing.pretrain_seconds += report.seconds,
+            Phase::Pretrain => {
+                timing.pretrain_seconds += report.seconds;
+                timing.pretrain_images += report.images;
+            }
             _ => timing.detector_seconds += report.seconds,
         }
         timing.batching_seconds += report.batching_seconds;
@@ -167,7 +176,7 @@ fn train(data: &OneClassData, settings: &DetectorSettings, device: tch::Device) 
     Ok((training.finish()?, timing))
 }
 
-/// `values` holds AUROC, AUPR, data-loading seconds and evaluation seconds.
+/// `values` contains AUROC, AUPR, data-loading seconds and evaluation seconds.
 fn build_report(
     args: &Args,
     settings: &DetectorSettings,
@@ -197,6 +206,8 @@ fn build_report(
         train_images: data.train.len(),
         test_images: data.test.len(),
         images_per_second: timing.images as f64 / train_seconds.max(f64::MIN_POSITIVE),
+        pretrain_images_per_second: (timing.pretrain_seconds > 0.0).then(|| timing.pretrain_images as f64 / timing.pretrain_seconds),
+        train_images_per_second: (timing.images - timing.pretrain_images) as f64 / timing.detector_seconds.max(f64::MIN_POSITIVE),
         seconds_per_epoch: timing.detector_seconds / f64::from(settings.epochs.max(1)),
         batching_fraction: timing.batching_seconds / train_seconds.max(f64::MIN_POSITIVE),
         data_seconds,

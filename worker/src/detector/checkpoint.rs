@@ -59,7 +59,7 @@ pub fn required<'a>(metadata: &'a HashMap<String, String>, key: &str) -> Result<
         .ok_or_else(|| DetectorError::Corrupt { reason: format!("metadata key {key} is missing") })
 }
 
-/// A metadata value holding JSON.
+/// Parse a required metadata value as JSON.
 pub fn required_json<T: serde::de::DeserializeOwned>(metadata: &HashMap<String, String>, key: &str) -> Result<T, DetectorError> {
     let text = required(metadata, key)?;
     serde_json::from_str(text).map_err(|error| DetectorError::Corrupt { reason: format!("metadata key {key} is invalid: {error}") })

@@ -97,7 +97,7 @@ pub(crate) fn squared_distance(embeddings: &Tensor, center: &Tensor) -> Result<T
     embeddings.f_sub(center)?.f_square()?.f_sum_dim_intlist(1, false, Kind::Float)
 }
 
-/// Mean Deep SAD loss of a batch. `is_anomaly` holds 1 for labelled anomalies and 0 for the rest.
+/// Mean Deep SAD loss of a batch. `is_anomaly` is 1 for labelled anomalies and 0 for the rest.
 pub(crate) fn loss(embeddings: &Tensor, center: &Tensor, is_anomaly: &Tensor, eta: f64, eps: f64) -> Result<Tensor, tch::TchError> {
     let distance = squared_distance(embeddings, center)?;
     let anomaly_term = distance.f_add_scalar(eps)?.f_reciprocal()?.f_mul_scalar(eta)?;
@@ -106,7 +106,7 @@ pub(crate) fn loss(embeddings: &Tensor, center: &Tensor, is_anomaly: &Tensor, et
     per_image.f_mean(Kind::Float)
 }
 
-/// The centre c: the mean representation of `inputs` (preprocessed normals on the encoder's
+/// Compute the centre c: the mean representation of `inputs` (preprocessed normals on the encoder's
 /// device) in evaluation mode, with coordinates of magnitude below `center_eps` pushed to
 /// ±`center_eps` (zero goes to +`center_eps`).
 pub(crate) fn compute_center(encoder: &Encoder, inputs: &Tensor, batch_size: i64, center_eps: f64) -> Result<Tensor, tch::TchError> {

@@ -62,7 +62,7 @@ pub enum DetectorError {
     Tensor(#[from] tch::TchError),
 }
 
-/// What every detector records about itself besides its weights.
+/// Detector metadata stored beside the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorInfo {
     pub kind: DetectorKind,
@@ -163,7 +163,7 @@ fn checkpoint_metadata(info: &DetectorInfo) -> HashMap<String, String> {
     HashMap::from([(checkpoint::FORMAT_KEY.to_string(), CHECKPOINT_FORMAT.to_string()), ("info".to_string(), info_json)])
 }
 
-/// The libtorch device for a configured device, checking that it exists.
+/// Map a configured device to a libtorch device, checking that it exists.
 pub fn torch_device(device: kka_shared::config::Device) -> Result<Device, DetectorError> {
     match device {
         kka_shared::config::Device::Cpu => Ok(Device::Cpu),

@@ -349,7 +349,7 @@ impl Head {
     }
 }
 
-/// All variables of a var store by name, as CPU f32 tensors detached from the graph.
+/// Copy all variables of a var store by name into CPU tensors detached from the graph.
 pub fn named_tensors(store: &VarStore) -> Result<BTreeMap<String, Tensor>, tch::TchError> {
     store
         .variables()

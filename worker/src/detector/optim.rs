@@ -68,7 +68,7 @@ impl Adam {
         Ok(())
     }
 
-    /// The moments by parameter name (`exp_avg/<name>`, `exp_avg_sq/<name>`) and the step count.
+    /// Return the moments by parameter name (`exp_avg/<name>`, `exp_avg_sq/<name>`) and the step count.
     pub fn state(&self) -> Result<(BTreeMap<String, Tensor>, i64), tch::TchError> {
         let mut tensors = BTreeMap::new();
         for ((name, _), (exp_avg, exp_avg_sq)) in self.params.iter().zip(self.exp_avg.iter().zip(&self.exp_avg_sq)) {

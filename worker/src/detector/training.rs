@@ -2,7 +2,7 @@
 //!
 //! The run advances one epoch per [`Training::run_epoch`] call, so a caller can stop between
 //! epochs, save the progress with [`Training::save_progress`] and continue later with
-//! [`Training::resume`]. The progress holds every variable (weights and BatchNorm running
+//! [`Training::resume`]. The progress contains every variable (weights and BatchNorm running
 //! statistics), Adam's moments and step count, the centre and the epoch counters. The batch
 //! order of an epoch is drawn from a generator seeded with the detector seed, the phase and the
 //! epoch index, so a resumed run draws the same batches as an uninterrupted one and ends with
@@ -277,7 +277,7 @@ impl Training {
         self.finish()
     }
 
-    /// The trained detector of a finished run.
+    /// Return the trained detector of a finished run.
     pub fn finish(self) -> Result<Box<dyn Detector>, DetectorError> {
         if self.phase != Phase::Finished {
             return Err(DetectorError::Mismatch {
@@ -435,7 +435,7 @@ impl Training {
         })
     }
 
-    /// The detector's encoder variables, for tests of the pretraining transfer.
+    /// Return the detector's encoder variables, for tests of the pretraining transfer.
     #[cfg(test)]
     fn encoder_tensors(&self) -> BTreeMap<String, Tensor> {
         named_tensors(&self.store).unwrap().into_iter().filter(|(name, _)| name.starts_with("encoder.")).collect()
@@ -476,7 +476,7 @@ fn run_batches(
     })
 }
 
-/// A permutation of 0..count drawn from the detector seed, the phase and the epoch.
+/// Draw a permutation of 0..count from the detector seed, the phase and the epoch.
 fn batch_order(seed: u64, phase: Phase, epoch: u32, count: usize) -> Vec<i64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream((phase.stream() << 32) | u64::from(epoch));
