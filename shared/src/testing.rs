@@ -19,8 +19,7 @@ use crate::broker::Topology;
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_TOML};
 use crate::ids::{ExperimentId, TaskKind};
 
-/// A prefix no other test or process uses: `t-<label>-<pid>-<time>-<counter>`, shortened to
-/// fit a prefix.
+/// Returns a prefix that no other test or process uses: `t-<label>-<pid>-<time>-<counter>`.
 pub fn unique_prefix(label: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -29,7 +28,7 @@ pub fn unique_prefix(label: &str) -> String {
     format!("t-{label}-{}-{nanos:x}-{count}", std::process::id())
 }
 
-/// The default config with the given queue and key prefix, the service URLs from the
+/// Builds the default config with the given queue and key prefix, the service URLs from the
 /// environment, and `overrides` (TOML) on top.
 pub fn test_config(prefix: &str, overrides: &str) -> Result<Config, ConfigError> {
     let mut layer = format!("[broker]\nqueue_prefix = \"{prefix}\"\n");
@@ -62,7 +61,7 @@ pub struct TestPrefix {
 }
 
 impl TestPrefix {
-    /// A fresh prefix with the default config plus `overrides` (TOML).
+    /// Creates a fresh prefix with the default config plus `overrides` (TOML).
     pub fn new(label: &str, overrides: &str) -> TestPrefix {
         let prefix = unique_prefix(label);
         // A broken override in a test is a bug in the test itself.
@@ -75,7 +74,7 @@ impl TestPrefix {
         self.experiments.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(experiment.clone());
     }
 
-    /// A new experiment id, tracked for clean-up.
+    /// Creates an experiment id and tracks it for clean-up.
     pub fn experiment(&self, name: &str) -> ExperimentId {
         // Test names are short ASCII words, so the id is valid.
         let experiment = ExperimentId::new(name).unwrap_or_else(|error| panic!("invalid test experiment id: {error}"));
@@ -183,7 +182,7 @@ impl TcpProxy {
         self.lock().refusing = refusing;
     }
 
-    /// How many connections were accepted and forwarded so far.
+    /// Returns how many connections were accepted and forwarded so far.
     pub fn accepted(&self) -> u64 {
         self.lock().accepted
     }
@@ -217,7 +216,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<Mutex
     }
 }
 
-/// The host and port of an `amqp://` or `redis://` URL, resolved to a socket address.
+/// Resolves the host and port of an `amqp://` or `redis://` URL to a socket address.
 pub fn service_address(url: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
     let parsed = url::Url::parse(url)?;

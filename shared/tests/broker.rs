@@ -247,8 +247,8 @@ fn via_proxy(settings: &BrokerSettings, proxy: &TcpProxy) -> BrokerSettings {
     settings
 }
 
-/// The next delivery of `expected`, acknowledging on the way any redelivery of a task that was
-/// acknowledged before: an ack sent just before the connection dropped may be lost.
+/// Waits for the delivery of `expected`, acknowledging on the way any redelivery of a task that
+/// was acknowledged before, because an ack sent just before the connection dropped may be lost.
 async fn next_skipping_redeliveries(consumer: &mut Consumer, expected: &TaskMessage, earlier: &[TaskMessage]) -> Incoming {
     let what = format!("task {}", expected.task_id);
     loop {
@@ -257,7 +257,8 @@ async fn next_skipping_redeliveries(consumer: &mut Consumer, expected: &TaskMess
             return incoming;
         }
         let repeated = earlier.iter().any(|task| incoming.payload() == encode(task).as_slice());
-        assert!(repeated && incoming.redelivered(), "unexpected delivery while waiting for {what}");
+        assert!(repeated, "unexpected delivery while waiting for {what}");
+        assert!(incoming.redelivered(), "a repeated task must be flagged as redelivered");
         assert!(incoming.ack().await.unwrap());
     }
 }

@@ -35,7 +35,7 @@ fn record(id: &str) -> WorkerRecord {
     }
 }
 
-/// The writes a task makes: one value whose key follows from the task id.
+/// Returns the writes of a task: one value whose key follows from the task id.
 fn writes(store: &Store, task: &TaskId, value: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.set(store.experiment_key(&task.experiment, &format!("value:{task}")), value).ignore();
@@ -82,7 +82,8 @@ async fn worker_records_list_refresh_and_remove() {
 
     let key = store.key("workers:w-a");
     let ttl: i64 = store.connection().ttl(&key).await.unwrap();
-    assert!(ttl > 0 && ttl <= (5 * MISSED_HEARTBEATS) as i64, "ttl {ttl}");
+    assert!(ttl > 0, "ttl {ttl}");
+    assert!(ttl <= (5 * MISSED_HEARTBEATS) as i64, "ttl {ttl}");
 
     store.remove_worker(&WorkerId::new("w-a").unwrap()).await.unwrap();
     let ids: Vec<String> = store.live_workers().await.unwrap().into_iter().map(|w| w.id.to_string()).collect();

@@ -26,7 +26,7 @@
 //!
 //! # The consumer acknowledgement timeout
 //!
-//! RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged for longer
+//! RabbitMQ closes the channel of a consumer that keeps a delivery unacknowledged for longer
 //! than its `consumer_timeout` (30 minutes by default; RabbitMQ 3.10 cannot set it per queue),
 //! and every delivery on that channel goes back to the queue. kka keeps each delivery short
 //! instead of raising the timeout or acknowledging early, which would lose a task when its
@@ -90,7 +90,7 @@ impl TaskHandler for NoopHandler {
     }
 }
 
-/// Why a runner could not start.
+/// Error that stops a runner from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error(transparent)]
@@ -108,7 +108,7 @@ pub struct RunStats {
     pub failed: u64,
     pub retried: u64,
     pub sliced: u64,
-    /// Deliveries of tasks already done, answered from Redis.
+    /// Deliveries of tasks already done, whose completion event was re-sent from Redis.
     pub already_done: u64,
     /// Deliveries that failed to decode.
     pub dead_lettered: u64,
@@ -146,7 +146,7 @@ impl Counters {
     }
 }
 
-/// A worker's id from `--id`, else `worker.id`, else `<hostname>-<pid>`.
+/// Returns the worker id from `--id`, else `worker.id`, else `<hostname>-<pid>`.
 pub fn worker_id(explicit: Option<&str>, settings: &WorkerSettings) -> Result<WorkerId, kka_shared::ids::InvalidId> {
     match explicit.filter(|id| !id.is_empty()).or(Some(settings.id.as_str()).filter(|id| !id.is_empty())) {
         Some(id) => WorkerId::new(id),
@@ -174,8 +174,8 @@ fn default_worker_name(host: &str, pid: u32) -> String {
     format!("{host}{suffix}")
 }
 
-/// The longest a delivery may wait in this process before its handler starts. A slice takes up
-/// to `task_slice_secs`, so half of what remains of RabbitMQ's default acknowledgement timeout
+/// Returns the maximum time a delivery may wait in this process before its handler starts. A
+/// slice takes up to `task_slice_secs`, so half of what remains of RabbitMQ's default acknowledgement timeout
 /// is left as margin for the commit and for one epoch running past the deadline.
 fn max_local_wait(settings: &WorkerSettings) -> Duration {
     let budget = WorkerSettings::RABBITMQ_CONSUMER_TIMEOUT_SECS.saturating_sub(settings.task_slice_secs);
@@ -191,7 +191,7 @@ pub struct Runner {
     shared: Arc<Shared>,
 }
 
-/// What every task of a runner shares.
+/// State that every task of a runner shares.
 struct Shared {
     config: Arc<Config>,
     worker: WorkerId,
@@ -356,7 +356,7 @@ async fn heartbeat(store: Store, record: WorkerRecord, heartbeat_secs: u64, stop
     }
 }
 
-/// How a handler call ended.
+/// Outcome of one handler call.
 enum HandlerResult {
     Output(HandlerOutput),
     Error(TaskError),
@@ -456,7 +456,7 @@ impl Shared {
                 return;
             }
         };
-        // The semaphore is never closed, so acquiring only fails if that changes.
+        // Acquiring fails only on a closed semaphore, and no code closes this one.
         let Ok(slot) = slot else { return };
 
         let waited = incoming.received_at.elapsed();
@@ -589,8 +589,8 @@ impl Shared {
         }
     }
 
-    /// Answer a delivery of a task that is already done. Returns `false` when the stored
-    /// summary is missing, so that the task runs again.
+    /// Re-sends the completion event of a task that is already done and acknowledges the
+    /// delivery. Returns `false` when the stored summary is missing, so that the task runs again.
     async fn resend_completion(&self, task: &TaskMessage, incoming: &Incoming) -> bool {
         let summary = match self.store.task_summary(&task.task_id).await {
             Ok(Some(summary)) => summary,
@@ -627,6 +627,8 @@ impl Shared {
     }
 
     async fn finish_retryable(&self, task: &TaskMessage, incoming: &Incoming, error: &str) {
+        // NOTE: only handler errors count attempts. A task that kills its worker process (an
+        // abort in libtorch, the OOM killer) is redelivered by RabbitMQ without limit.
         let attempt = incoming.attempt();
         let max_attempts = self.config.worker.max_attempts;
         if attempt >= max_attempts {
@@ -714,7 +716,7 @@ impl Shared {
     }
 }
 
-/// The text of a panic payload.
+/// Returns the text of a panic payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()

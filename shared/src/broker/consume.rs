@@ -39,7 +39,7 @@ impl Incoming {
         &self.delivery.data
     }
 
-    /// Whether RabbitMQ delivered this message before without an acknowledgement.
+    /// Returns whether RabbitMQ delivered this message before without an acknowledgement.
     pub fn redelivered(&self) -> bool {
         self.delivery.redelivered
     }
@@ -48,8 +48,8 @@ impl Incoming {
         self.delivery.properties.headers().as_ref()
     }
 
-    /// The attempt number from the `x-kka-attempt` header; 1 when the header is missing or
-    /// not a positive integer.
+    /// Returns the attempt number from the `x-kka-attempt` header, or 1 when the header is
+    /// missing or not a positive integer.
     pub fn attempt(&self) -> u32 {
         let value = self.headers().and_then(|headers| headers.inner().get(ATTEMPT_HEADER));
         let number = match value {
@@ -65,7 +65,7 @@ impl Incoming {
         u32::try_from(number).ok().filter(|n| *n >= 1).unwrap_or(1)
     }
 
-    /// A handle that acknowledges or rejects this delivery; clones share its single use.
+    /// Returns a handle that acknowledges or rejects this delivery. Clones share its single use.
     pub fn acker(&self) -> Acker {
         self.delivery.acker.clone()
     }
@@ -172,8 +172,8 @@ impl Consumer {
         self.queues.iter().map(|queue| queue.name.clone()).collect()
     }
 
-    /// The next delivery. Returns `None` once the consumer is cancelled or the broker closed.
-    /// Connection failures are logged and retried here, never returned.
+    /// Waits for the next delivery. Returns `None` once the consumer is cancelled or the broker
+    /// closed. Connection failures are logged and retried here, never returned.
     pub async fn next(&mut self) -> Option<Incoming> {
         let initial_delay = Duration::from_millis(self.broker.settings().reconnect_initial_ms);
         let max_delay = Duration::from_millis(self.broker.settings().reconnect_max_ms);

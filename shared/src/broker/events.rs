@@ -2,7 +2,7 @@
 //!
 //! Each coordinator declares a durable queue `P.events.<experiment>` bound to the topic exchange
 //! `P.events` with the experiment id as routing key. Several coordinators can share one broker
-//! and each sees only its own events, and events published while a coordinator restarts wait in
+//! and each receives only its own events. Events published while a coordinator restarts wait in
 //! its queue. Events are wake-ups: Redis stays the source of truth for results and failures.
 
 use lapin::options::QueueDeleteOptions;
@@ -77,8 +77,9 @@ impl Broker {
 const EVENT_PREFETCH: u16 = 256;
 
 impl EventConsumer {
-    /// The next event. A delivery that is not a valid event is moved to the dead-letter queue
-    /// with the reason, logged once and skipped. Returns `None` once cancelled or closed.
+    /// Waits for the next event. A delivery that is not a valid event is moved to the
+    /// dead-letter queue with the reason, logged once and skipped. Returns `None` once cancelled
+    /// or closed.
     pub async fn next(&mut self) -> Option<ReceivedEvent> {
         loop {
             let incoming = self.consumer.next().await?;

@@ -80,8 +80,8 @@ impl BrokerError {
         move |source| BrokerError::Amqp { operation, name, source }
     }
 
-    /// Whether the error came from a lost connection or channel, so that the operation may
-    /// succeed on a new one.
+    /// Returns whether the error came from a lost connection or channel, so that the operation
+    /// may succeed on a new one.
     pub fn is_connection_loss(&self) -> bool {
         match self {
             BrokerError::Amqp { source, .. } | BrokerError::Connect { source, .. } => is_connection_loss(source),
@@ -90,8 +90,8 @@ impl BrokerError {
     }
 }
 
-/// Whether a lapin error means the connection or the channel is gone, as opposed to the broker
-/// refusing one operation.
+/// Returns whether a lapin error means the connection or the channel is gone, as opposed to the
+/// broker rejecting one operation.
 fn is_connection_loss(error: &lapin::Error) -> bool {
     use lapin::protocol::AMQPErrorKind;
     use lapin::ErrorKind;
@@ -274,8 +274,8 @@ impl Broker {
         session
     }
 
-    /// A usable session. `failed` is the generation of a session whose publishing channel just
-    /// failed: that session is replaced even if it still looks usable.
+    /// Returns a usable session, reconnecting if needed. `failed` is the generation of a session
+    /// whose publishing channel just failed, which is replaced even if it still looks usable.
     async fn usable_session(&self, failed: Option<u64>) -> Result<Arc<Session>, BrokerError> {
         let acceptable = |session: &Session| session.is_usable() && failed != Some(session.generation);
         let session = self.current_session();
@@ -406,8 +406,8 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
     Ok(())
 }
 
-/// A queue or exchange name as AMQP's short string. Config validation keeps prefixes and ids
-/// short enough that every name built from them fits.
+/// Converts a queue or exchange name to AMQP's short string. Config validation keeps prefixes
+/// and ids short enough that every name built from them fits in 255 bytes.
 fn short(name: &str) -> ShortString {
     ShortString::from(name)
 }

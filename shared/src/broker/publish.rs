@@ -11,7 +11,7 @@ use crate::messages::{encode, CompletionEvent, TaskMessage};
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// Longest reason text put in a dead letter's header; longer texts are cut.
+/// Maximum length of the reason text in a dead letter's header, in bytes. Longer texts are cut.
 const MAX_REASON_LEN: usize = 4096;
 
 /// One message to publish.
@@ -24,7 +24,7 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     pub headers: FieldTable,
     /// Whether a message that no queue receives is an error. Events are published without it
-    /// because a coordinator may not be listening, and Redis holds the results anyway.
+    /// because a coordinator may not be listening, and Redis keeps the results anyway.
     pub mandatory: bool,
 }
 

@@ -64,7 +64,7 @@ pub struct WorkerSettings {
     pub task_kinds: Vec<crate::ids::TaskKind>,
     /// Seconds in-flight tasks may run after SIGINT or SIGTERM before they are requeued.
     pub shutdown_grace_secs: u64,
-    /// Longest stretch, in seconds, that a train task runs before it saves its progress to Redis,
+    /// Maximum time, in seconds, that a train task runs before it saves its progress to Redis,
     /// re-publishes itself and acknowledges the delivery. It must stay below RabbitMQ's consumer
     /// acknowledgement timeout (`consumer_timeout`, 30 minutes by default).
     pub task_slice_secs: u64,

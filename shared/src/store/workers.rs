@@ -17,7 +17,7 @@ use crate::ids::{ExperimentId, TaskId, TaskKind, WorkerId};
 /// Heartbeats a worker may miss before its record expires.
 pub const MISSED_HEARTBEATS: u64 = 3;
 
-/// What a worker found at its dataset path at start-up.
+/// State of a worker's dataset files at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetStatus {
@@ -25,7 +25,7 @@ pub struct DatasetStatus {
     pub path: String,
     /// [`crate::dataset::files_digest`] of the files, when they could be read.
     pub files_digest: Option<String>,
-    /// Why the files could not be read, when they could not.
+    /// Error text, when the files could not be read.
     pub error: Option<String>,
 }
 
@@ -61,7 +61,7 @@ impl Store {
         self.connection().del(self.worker_key(worker)).await.map_err(StoreError::redis("DEL worker"))
     }
 
-    /// The records of all workers whose record has not expired, sorted by worker id.
+    /// Lists the records of all workers whose record has not expired, sorted by worker id.
     pub async fn live_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         let keys = self.scan_keys(&self.key("workers:*")).await?;
         if keys.is_empty() {
@@ -109,13 +109,13 @@ impl Store {
         pipe.hdel(self.failed_key(&task.experiment), task.to_string()).ignore();
     }
 
-    /// The error text of a task that failed for good, if it did.
+    /// Returns the error text of a task that failed for good, if it did.
     pub async fn task_failure(&self, task: &TaskId) -> Result<Option<String>, StoreError> {
         let key = self.failed_key(&task.experiment);
         self.connection().hget(key, task.to_string()).await.map_err(StoreError::redis("HGET failed"))
     }
 
-    /// Every task of the experiment that failed for good, with its error text.
+    /// Lists every task of the experiment that failed for good, with its error text.
     pub async fn failures(&self, experiment: &ExperimentId) -> Result<BTreeMap<TaskId, String>, StoreError> {
         let key = self.failed_key(experiment);
         let raw: BTreeMap<String, String> =
