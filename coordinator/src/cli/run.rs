@@ -69,7 +69,7 @@ fn unix_seconds() -> u64 {
 async fn run(config: Config, experiment: ExperimentId, args: Args) -> anyhow::Result<()> {
     let cancel = kka_shared::shutdown::on_signal();
     let store = common::connect_store(&config).await?;
-    if store.experiment_state(&experiment).await?.is_some() {
+    if store.experiment_exists(&experiment).await? {
         anyhow::bail!(
             "experiment {experiment} already exists under store.key_prefix {:?}; continue it with `kka-coordinator resume {experiment}` or pick another --experiment",
             store.prefix()

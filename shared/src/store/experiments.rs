@@ -290,6 +290,13 @@ impl Store {
         Ok(())
     }
 
+    /// Checks whether any key of the experiment's config or state exists, without parsing them.
+    pub async fn experiment_exists(&self, experiment: &ExperimentId) -> Result<bool, StoreError> {
+        let keys = [self.experiment_key(experiment, "config"), self.experiment_key(experiment, "state")];
+        let count: u64 = self.connection().exists(&keys[..]).await.map_err(StoreError::redis("EXISTS"))?;
+        Ok(count > 0)
+    }
+
     /// Reads the experiment's stored config, or `None` when there is no such experiment.
     pub async fn experiment_config(&self, experiment: &ExperimentId) -> Result<Option<ExperimentConfig>, StoreError> {
         let key = self.experiment_key(experiment, "config");
@@ -600,6 +607,8 @@ mod tests {
         let experiment = ExperimentId::new("e1").unwrap();
         store.create_experiment(&experiment, &experiment_config(), &state(0, Phase::Train)).await.unwrap();
 
+        assert!(store.experiment_exists(&experiment).await.unwrap());
+        assert!(!store.experiment_exists(&ExperimentId::new("other").unwrap()).await.unwrap());
         assert_eq!(store.experiment_config(&experiment).await.unwrap(), Some(experiment_config()));
         assert_eq!(store.experiment_state(&experiment).await.unwrap(), Some(state(0, Phase::Train)));
         assert_eq!(store.list_experiments().await.unwrap(), vec![experiment.clone()]);
