@@ -182,3 +182,13 @@ fn architectures_produce_expected_shapes() {
         assert_eq!(reconstruction.size(), vec![3, c, h, w], "{}", architecture.name());
     }
 }
+
+#[test]
+fn deep_svdd_ignores_anomalies() {
+    let data = data(1);
+    let anomalies = labelled_anomalies(&data, 20);
+    let settings = DetectorSettings { pretrain_epochs: 0, epochs: 1, ..settings(DetectorKind::DeepSvdd) };
+    let without = Training::new(&data, None, &settings, Device::Cpu).unwrap().run_to_end().unwrap();
+    let with = Training::new(&data, Some(&anomalies), &settings, Device::Cpu).unwrap().run_to_end().unwrap();
+    assert_eq!(without.score(&data.validation.images).unwrap(), with.score(&data.validation.images).unwrap());
+}

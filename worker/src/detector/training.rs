@@ -165,6 +165,8 @@ impl Training {
         device: Device,
         seed: Option<u64>,
     ) -> Result<Training, DetectorError> {
+        // Deep SVDD is Deep SAD without labelled anomalies, so it ignores any it is given.
+        let anomalies = if settings.kind == DetectorKind::DeepSvdd { None } else { anomalies };
         let anomaly_count = anomalies.map_or(0, |tensor| tensor.size().first().copied().unwrap_or(0));
         if settings.kind.needs_anomalies() && anomaly_count == 0 {
             return Err(DetectorError::NoAnomalies { kind: settings.kind });
