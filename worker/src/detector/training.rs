@@ -402,11 +402,11 @@ impl Training {
         let inputs = &self.inputs;
         let optimizer = &mut self.optimizer;
 
-        run_batches(Phase::Pretrain, self.epoch, settings, self.normal_count, inputs.device(), |indices| {
-            let batch = inputs.f_index_select(0, indices)?;
+        let normals = inputs.f_narrow(0, 0, self.normal_count)?;
+        run_batches(Phase::Pretrain, self.epoch, settings, &normals, &self.is_anomaly, |batch, _| {
             let reconstruction = autoencoder.decoder.forward(&autoencoder.encoder.forward(&batch, true)?, true)?;
             // Sum of squared errors per image, averaged over the batch.
-            let loss = reconstruction.f_sub(&batch)?.f_square()?.f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?.f_mean(Kind::Float)?;
+            let loss = reconstruction.f_sub(batch)?.f_square()?.f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?.f_mean(Kind::Float)?;
             optimizer.zero_grad();
             loss.f_backward()?;
             optimizer.step(lr)?;
@@ -417,17 +417,14 @@ impl Training {
     fn detector_epoch(&mut self) -> Result<EpochReport, DetectorError> {
         let settings = &self.info.settings;
         let lr = scheduled_lr(settings.lr, &settings.lr_milestones, self.epoch);
-        let total = self.inputs.size()[0];
-        let (inputs, is_anomaly, encoder, head, center) = (&self.inputs, &self.is_anomaly, &self.encoder, &self.head, &self.center);
+        let (encoder, head, center) = (&self.encoder, &self.head, &self.center);
         let optimizer = &mut self.optimizer;
 
-        run_batches(Phase::Train, self.epoch, settings, total, inputs.device(), |indices| {
-            let batch = inputs.f_index_select(0, indices)?;
-            let targets = is_anomaly.f_index_select(0, indices)?;
-            let embeddings = encoder.forward(&batch, true)?;
+        run_batches(Phase::Train, self.epoch, settings, &self.inputs, &self.is_anomaly, |batch, targets| {
+            let embeddings = encoder.forward(batch, true)?;
             let loss = match (head, center) {
-                (Some(head), _) => outlier_exposure::loss(&head.forward(&embeddings)?, &targets)?,
-                (None, Some(center)) => deep_sad::loss(&embeddings, center, &targets, settings.eta, settings.eps)?,
+                (Some(head), _) => outlier_exposure::loss(&head.forward(&embeddings)?, targets)?,
+                (None, Some(center)) => deep_sad::loss(&embeddings, center, targets, settings.eta, settings.eps)?,
                 (None, None) => return Err(tch::TchError::Kind("the Deep SAD centre is not set".into())),
             };
             optimizer.zero_grad();
@@ -444,27 +441,31 @@ impl Training {
     }
 }
 
-/// Run one epoch of `count` images in a seeded random order, calling `step` with each batch's
-/// indices (an i64 tensor on `device`) and returning the mean of the losses it returns.
+/// Run one epoch over `inputs` in a seeded random order, calling `step` with each batch and
+/// its rows of `targets`, and return the mean of the losses `step` returns. `targets` needs at
+/// least as many rows as `inputs`.
 fn run_batches(
     phase: Phase,
     epoch: u32,
     settings: &DetectorSettings,
-    count: i64,
-    device: Device,
-    mut step: impl FnMut(&Tensor) -> Result<Tensor, tch::TchError>,
+    inputs: &Tensor,
+    targets: &Tensor,
+    mut step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>,
 ) -> Result<EpochReport, DetectorError> {
     let started = Instant::now();
-    let mut batching = 0.0;
-    let order = batch_order(settings.seed, phase, epoch, count as usize);
+    let device = inputs.device();
+    let order = batch_order(settings.seed, phase, epoch, inputs.size()[0] as usize);
     let batches = batch_ranges(order.len(), settings.batch_size);
+    let mut batching = started.elapsed().as_secs_f64();
 
     let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
     for range in &batches {
-        let gathered = Instant::now();
+        let gathering = Instant::now();
         let indices = Tensor::f_from_slice(&order[range.clone()])?.f_to_device(device)?;
-        batching += gathered.elapsed().as_secs_f64();
-        loss_sum = loss_sum.f_add(&step(&indices)?)?;
+        let batch = inputs.f_index_select(0, &indices)?;
+        let batch_targets = targets.f_index_select(0, &indices)?;
+        batching += gathering.elapsed().as_secs_f64();
+        loss_sum = loss_sum.f_add(&step(&batch, &batch_targets)?)?;
     }
 
     let loss = loss_sum.double_value(&[]) / batches.len().max(1) as f64;
