@@ -111,6 +111,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             args.detector
         );
     }
+    check_output_folder(&args.output)?;
     let settings = detector_settings(&config, &args)?;
     let device_setting = args.device.unwrap_or(config.worker.device);
     configure_threads(args.threads.unwrap_or(config.worker.threads));
@@ -215,6 +216,18 @@ fn build_report(
         peak_rss_bytes: peak_rss_bytes(),
         dataset_fingerprint: data.fingerprint.clone(),
     }
+}
+
+/// Fail before training, not after, when the report cannot be written.
+fn check_output_folder(path: &std::path::Path) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        bail!("the folder of --output {} does not exist; create it first", path.display());
+    }
+    Ok(())
 }
 
 fn write_report(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
