@@ -158,3 +158,60 @@ async fn existing_experiment_id_is_rejected() {
     assert_eq!(queued_tasks(&prefix.config).await, 0);
     prefix.clean_up().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_experiment_runs_to_report() {
+    let prefix = TestPrefix::new("e2e-run", "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "small.toml", support::SMALL_EXPERIMENT);
+    let workers = support::Workers::start(&prefix, &config, 2, dir.path());
+    prefix.track_experiment(&kka_shared::ids::ExperimentId::new("small").unwrap());
+
+    let mut run = command("kka-coordinator", &prefix);
+    run.arg("run").arg("--config").arg(&config).arg("--experiment").arg("small").arg("--output").arg(dir.path());
+    let finished = finish(run, Duration::from_secs(600)).await;
+    assert!(finished.success, "the run failed:\n{}", finished.stderr);
+    assert_mentions(&finished.stdout, &["| round |", "report.json"]);
+
+    let report = support::read_report(dir.path(), "small");
+    assert_eq!(report["experiment"], "small");
+    assert_eq!(report["status"], "finished");
+    let baseline = report["baseline_auroc"].as_f64().expect("baseline AUROC");
+    assert!((0.0..=1.0).contains(&baseline), "{baseline}");
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2);
+    for round in rounds {
+        assert_eq!(round["generated"], 60);
+        let auroc = round["auroc"].as_f64().expect("round AUROC");
+        assert!((0.0..=1.0).contains(&auroc), "{auroc}");
+        let pooled = round["hard_pool"].as_u64().unwrap() + round["easy_pool"].as_u64().unwrap();
+        assert_eq!(pooled, 60 * round["round"].as_u64().unwrap());
+        for key in ["hard_ratio", "aupr", "hard_fraction_new", "hard_fraction_new_vs_baseline", "seconds"] {
+            assert!(round[key].is_number(), "rounds[].{key} is {}", round[key]);
+        }
+    }
+    for file in ["report.md", "report.svg", "dpo/round_1.jsonl", "dpo/round_2.jsonl"] {
+        assert!(dir.path().join("small").join(file).is_file(), "{file} missing");
+    }
+
+    let mut status = command("kka-coordinator", &prefix);
+    status.arg("status").arg("small").arg("--json");
+    let status = finish(status, LIMIT).await;
+    assert!(status.success, "{}", status.stderr);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json prints JSON");
+    assert_eq!(status["status"], "finished");
+    assert_eq!(status["hard_pool"].as_u64().unwrap() + status["easy_pool"].as_u64().unwrap(), 120);
+
+    let export_dir = dir.path().join("export");
+    let mut export = command("kka-coordinator", &prefix);
+    export.arg("export").arg("small").arg("--round").arg("1").arg("--output").arg(&export_dir);
+    let export = finish(export, LIMIT).await;
+    assert!(export.success, "{}", export.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest.as_array().unwrap().len(), 60);
+    assert!(export_dir.join("small.r1.s0.0.png").is_file());
+
+    workers.stop().await;
+    prefix.clean_up().await.unwrap();
+}

@@ -26,7 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A command for one of the binaries, pointed at the test prefix's broker and store.
+/// Builds a command for one of the binaries, pointed at the test prefix's broker and store.
 pub fn command(name: &str, prefix: &TestPrefix) -> Command {
     let mut command = Command::new(binary(name));
     command
@@ -121,9 +121,42 @@ pub async fn queued_tasks(config: &Config) -> u32 {
     total
 }
 
-/// Whether `text` mentions every one of `needles`; the assertion message shows the text.
+/// Asserts that `text` mentions every one of `needles`, showing the text on failure.
 pub fn assert_mentions(text: &str, needles: &[&str]) {
     for needle in needles {
         assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
     }
+}
+
+/// A curriculum small enough for a test: 300 normal training images, 400 test images, 2
+/// epochs, 2 rounds of 60 anomalies. One libtorch thread per worker keeps the two workers off
+/// each other's core and the results reproducible.
+pub const SMALL_EXPERIMENT: &str = r#"
+[worker]
+threads = 1
+
+[dataset]
+train_limit = 300
+test_limit = 400
+
+[detector]
+epochs = 2
+pretrain_epochs = 1
+batch_size = 64
+
+[curriculum]
+rounds = 2
+anomalies_per_round = 60
+generate_shard_size = 30
+score_shard_size = 30
+labelled_anomalies = 60
+phase_timeout_secs = 300
+worker_wait_secs = 60
+"#;
+
+/// Reads and parses `<dir>/<experiment>/report.json`.
+pub fn read_report(dir: &Path, experiment: &str) -> serde_json::Value {
+    let path = dir.join(experiment).join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_json::from_str(&text).expect("report.json is JSON")
 }
