@@ -8,3 +8,4 @@ pub mod plan;
 pub mod preflight;
 pub mod plot;
 pub mod report;
+pub mod sources;

@@ -7,6 +7,8 @@ use anyhow::Context;
 use kka_shared::export::{write_anomaly_folder, ExportItem};
 use kka_shared::ids::{ExperimentId, RoundIndex};
 
+use crate::sources::TrainingImages;
+
 use super::common;
 
 /// Arguments of `kka-coordinator export`.
@@ -41,25 +43,55 @@ async fn export(
     round: RoundIndex,
     output: &std::path::Path,
 ) -> anyhow::Result<()> {
-    if store.experiment_config(experiment).await?.is_none() {
+    let Some(stored) = store.experiment_config(experiment).await? else {
         anyhow::bail!(
             "experiment {experiment} not found under store.key_prefix {:?}; run `kka-coordinator status` to list experiments",
             store.prefix()
         );
-    }
+    };
+    let dataset = &stored.dataset;
     let ids = store.anomaly_ids_of_round(experiment, round).await?;
     if ids.is_empty() {
         anyhow::bail!("round {round} of experiment {experiment} has no stored anomalies; round 0 generates none, so pick a generated round with --round 1 or later");
     }
     let anomalies = store.load_anomalies(&ids).await?;
+    let training = training_images(dataset).await;
 
-    // NOTE: source images are not exported: the coordinator does not load the dataset, so the
-    // contact sheet shows a grey tile where the normal source image would be.
-    let items: Vec<ExportItem<'_>> =
-        anomalies.iter().map(|a| ExportItem { record: &a.record, pixels: &a.pixels, source: None }).collect();
+    let items: Vec<ExportItem<'_>> = anomalies
+        .iter()
+        .map(|anomaly| {
+            let source = training.as_ref().and_then(|images| source_of(images, &anomaly.record));
+            ExportItem { record: &anomaly.record, pixels: &anomaly.pixels, source }
+        })
+        .collect();
     let summary = tokio::task::block_in_place(|| write_anomaly_folder(output, &items))
         .with_context(|| format!("failed to export round {round} of {experiment} to {}", output.display()))?;
     println!("exported {} anomalies of round {round} to {}", summary.images, output.display());
     println!("manifest: {}", summary.manifest.display());
     Ok(())
+}
+
+/// Reads the dataset's training images for the contact sheet. Without them the export still
+/// works, with grey tiles in place of the sources, so a failure is logged, not returned.
+async fn training_images(dataset: &kka_shared::config::DatasetSettings) -> Option<TrainingImages> {
+    let settings = dataset.clone();
+    match tokio::task::spawn_blocking(move || crate::sources::training_images(&settings)).await {
+        Ok(Ok(images)) => images,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "failed to read the training images; the contact sheet shows no sources");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the training image reader panicked; the contact sheet shows no sources");
+            None
+        }
+    }
+}
+
+/// The anomaly's source image, when it has one of the anomaly's shape.
+fn source_of<'a>(images: &'a TrainingImages, record: &kka_shared::records::AnomalyRecord) -> Option<&'a [u8]> {
+    if images.shape != record.shape {
+        return None;
+    }
+    images.image(record.source_index?)
 }
