@@ -2,7 +2,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::tensors::{affine, blend, border_mean, fractional_step, morphology_chain, Canvas, TchResult};
+use super::tensors::{affine, blend, border_median, fractional_step, morphology_chain, Canvas, TchResult};
 use super::OpItem;
 
 /// Rotate about the centre by `max_degrees` times severity, in the item's direction.
@@ -137,9 +137,9 @@ fn square_wave(t: &Tensor, frequency: &Tensor, phase: &Tensor) -> TchResult<Tens
     t.f_mul(frequency)?.f_add(phase)?.f_sin()?.f_gt(0.0)?.f_to_dtype(Kind::Float, false, false)
 }
 
-/// Soft mask of the pixels that differ from the background (the border's mean colour).
+/// Build a soft mask of the pixels that differ from the background (the border's median).
 fn silhouette(canvas: &Canvas, images: &Tensor) -> TchResult<Tensor> {
-    let background = border_mean(canvas, images)?;
+    let background = border_median(canvas, images)?;
     let difference = images.f_sub(&background)?.f_abs()?.f_mean_dim(1, true, Kind::Float)?;
     difference.f_sub_scalar(0.06)?.f_div_scalar(0.1)?.f_clamp(0.0, 1.0)
 }

@@ -1,0 +1,92 @@
+//! Throughput of the procedural generator, in images per second on one libtorch thread.
+//!
+//! `cargo run --release -p kka-worker --example bench_generator -- [--count N] [--batch B]
+//! [--per-operation]` prints one JSON line per (shape, family) case, and per operation with
+//! `--per-operation`. scripts/bench-generator.sh runs it beside
+//! the PyTorch version in bench/generator/.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kka_shared::messages::GeneratorState;
+use kka_shared::prompt::{OperationFamily, OPERATIONS};
+use kka_worker::generator::procedural::ProceduralGenerator;
+use kka_worker::generator::{generate_anomalies, GenerationJob, Sampler};
+use kka_worker::knowledge::Concept;
+use tch::{Device, Kind, Tensor};
+
+/// Normal images the benchmark edits.
+const SOURCE_IMAGES: i64 = 1000;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let count = flag(&args, "--count").unwrap_or(20_000);
+    let batch_size = flag(&args, "--batch").unwrap_or(512) as usize;
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+
+    for (channels, side) in [(1, 28), (3, 32)] {
+        // Random blobs stand in for normal images; the cost of the edits does not depend on content.
+        let images = Tensor::rand([SOURCE_IMAGES, channels, side, side], (Kind::Float, Device::Cpu));
+        let indices: Vec<u32> = (0..SOURCE_IMAGES as u32).collect();
+        let mut cases: Vec<String> = ["all", "global", "local"].iter().map(|case| case.to_string()).collect();
+        if args.iter().any(|arg| arg == "--per-operation") {
+            cases.extend(OPERATIONS.iter().map(|spec| spec.name.to_string()));
+        }
+        for family in cases.iter().map(String::as_str) {
+            let concepts = concepts(family);
+            let sampler = Sampler::new(&concepts, &GeneratorState::default(), 0.05, 1.0, 5)?;
+            let job = GenerationJob {
+                images: &images,
+                indices: &indices,
+                concepts: &concepts,
+                sampler: &sampler,
+                seed: 1,
+                range: 0..count,
+                batch_size,
+                device: Device::Cpu,
+            };
+            // One small warm-up run lets libtorch allocate its buffers.
+            let warm_up = GenerationJob { range: 0..batch_size as u32, ..job };
+            generate_anomalies(&warm_up, &mut ProceduralGenerator, &|| false)?;
+
+            let started = Instant::now();
+            let generated = generate_anomalies(&job, &mut ProceduralGenerator, &|| false)?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "implementation": "rust-tch",
+                    "shape": format!("{channels}x{side}x{side}"),
+                    "family": family,
+                    "images": generated.len(),
+                    "batch": batch_size,
+                    "seconds": seconds,
+                    "images_per_second": generated.len() as f64 / seconds,
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Build one concept per operation with default parameters, limited to a family ("global",
+/// "local") or one operation unless `family` is "all".
+fn concepts(family: &str) -> Vec<Concept> {
+    OPERATIONS
+        .iter()
+        .filter(|spec| match family {
+            "global" => spec.family == OperationFamily::Global,
+            "local" => spec.family == OperationFamily::Local,
+            "all" => true,
+            operation => spec.name == operation,
+        })
+        .map(|spec| Concept::new(spec.name, spec.name, spec.name, &BTreeMap::new(), None, None))
+        .collect::<Result<_, _>>()
+        .expect("catalogue defaults are valid")
+}
+
+fn flag(args: &[String], name: &str) -> Option<u32> {
+    let position = args.iter().position(|arg| arg == name)?;
+    args.get(position + 1)?.parse().ok()
+}
