@@ -27,10 +27,23 @@ pub enum PreflightError {
     NoWorker { missing: String, prefix: String, waited_secs: u64 },
     #[error("worker {worker} on {host} cannot read its dataset at {path}: {error}; install the dataset there or fix dataset.path in that worker's config")]
     WorkerDatasetMissing { worker: String, host: String, path: String, error: String },
-    #[error("worker {worker} on {host} has a different dataset at {path} (files digest {theirs}) than the coordinator at {ours_path} (files digest {ours}); give every machine the same dataset files and dataset.format")]
-    WorkerDatasetDiffers { worker: String, host: String, path: String, theirs: String, ours_path: String, ours: String },
+    #[error("worker {} on {} has a different dataset at {} (files digest {}) than the coordinator at {} (files digest {}); give every machine the same dataset files and dataset.format", .0.worker, .0.host, .0.path, .0.theirs, .0.ours_path, .0.ours)]
+    WorkerDatasetDiffers(Box<DatasetMismatch>),
     #[error("interrupted while waiting for workers")]
     Interrupted,
+}
+
+/// A worker whose dataset files differ from the coordinator's.
+#[derive(Debug)]
+pub struct DatasetMismatch {
+    pub worker: String,
+    pub host: String,
+    pub path: String,
+    /// The worker's files digest.
+    pub theirs: String,
+    pub ours_path: String,
+    /// The coordinator's files digest.
+    pub ours: String,
 }
 
 /// The coordinator's view of its dataset.
@@ -66,14 +79,14 @@ pub fn check_worker_datasets(
             });
         };
         if *theirs != identity.files_digest {
-            return Err(PreflightError::WorkerDatasetDiffers {
+            return Err(PreflightError::WorkerDatasetDiffers(Box::new(DatasetMismatch {
                 worker: worker.id.to_string(),
                 host: worker.host.clone(),
                 path: dataset.path.clone(),
                 theirs: theirs.clone(),
                 ours_path: settings.path.display().to_string(),
                 ours: identity.files_digest.clone(),
-            });
+            })));
         }
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! Normal source images of exported anomalies, read straight from the dataset files.
 //!
 //! An anomaly's `source_index` counts images in the dataset's raw training split: the order of
-//! the IDX training file, or of the CIFAR training records across their files. Folder datasets
-//! order images in a way only the worker's loader knows, so they get no source images.
+//! the IDX training file, or of the CIFAR training records across their files. Only the worker's
+//! loader defines the order of a folder dataset, so folder datasets get no source images.
 
 use std::io::Read;
 use std::path::Path;
@@ -13,7 +13,7 @@ use kka_shared::dataset::{dataset_files, DatasetFilesError};
 /// Magic number of an IDX file of unsigned bytes with three dimensions (images).
 const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
 
-/// Why the training images could not be read.
+/// Error reading the training images.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]

@@ -88,7 +88,7 @@ async fn training_images(dataset: &kka_shared::config::DatasetSettings) -> Optio
     }
 }
 
-/// The anomaly's source image, when it has one of the anomaly's shape.
+/// Returns the anomaly's source image, when it has one of the anomaly's shape.
 fn source_of<'a>(images: &'a TrainingImages, record: &kka_shared::records::AnomalyRecord) -> Option<&'a [u8]> {
     if images.shape != record.shape {
         return None;

@@ -76,7 +76,7 @@ fn update_severity(weights: &[f64], outcomes: &[Outcome], settings: &UpdateSetti
 pub fn severity_bin(severity: f64, settings: &UpdateSettings) -> usize {
     let bins = settings.severity_bins.max(1);
     let width = settings.severity_max - settings.severity_min;
-    if !(width > 0.0) || !severity.is_finite() {
+    if width.is_nan() || width <= 0.0 || !severity.is_finite() {
         return 0;
     }
     let position = (severity - settings.severity_min) / width * bins as f64;
