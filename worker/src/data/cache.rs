@@ -56,6 +56,9 @@ impl DatasetCache {
     }
 
     /// The one-class data of `protocol`, as new tensors.
+    // The Arc is the agreed interface, but `tch::Tensor` is not `Sync`, so the data stays on
+    // the calling thread; each call builds fresh tensors for that reason.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub fn get(&self, protocol: &DatasetProtocol) -> Result<Arc<OneClassData>, DataError> {
         let raw = self.raw()?;
         let plan = self.plan(protocol)?;

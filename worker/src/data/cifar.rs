@@ -82,7 +82,7 @@ pub fn load(format: DatasetFormat, root: &Path) -> Result<RawDataset, DataError>
 
 fn append_records(path: &Path, bytes: &[u8], layout: &Layout, split: &mut RawSplit) -> Result<(), DataError> {
     let record_bytes = layout.record_bytes();
-    if bytes.is_empty() || bytes.len() % record_bytes != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record_bytes) {
         return Err(DataError::Corrupt {
             path: path.to_owned(),
             reason: format!(

@@ -11,6 +11,9 @@ use super::DetectorError;
 /// Metadata key of the format tag.
 pub const FORMAT_KEY: &str = "kka.format";
 
+/// Named tensors and string metadata of a safetensors file.
+pub type Decoded = (BTreeMap<String, Tensor>, HashMap<String, String>);
+
 /// Serialize CPU-convertible f32 tensors and metadata into safetensors bytes.
 pub fn encode(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<Vec<u8>, DetectorError> {
     let mut buffers = Vec::with_capacity(tensors.len());
@@ -32,7 +35,7 @@ pub fn encode(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, Stri
 }
 
 /// Parse safetensors bytes written by [`encode`] into CPU tensors and metadata.
-pub fn decode(bytes: &[u8]) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>), DetectorError> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DetectorError> {
     let corrupt = |reason: String| DetectorError::Corrupt { reason };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|error| corrupt(format!("not safetensors bytes: {error}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();

@@ -404,13 +404,13 @@ impl Training {
 
         let normals = inputs.f_narrow(0, 0, self.normal_count)?;
         run_batches(Phase::Pretrain, self.epoch, settings, &normals, &self.is_anomaly, |batch, _| {
-            let reconstruction = autoencoder.decoder.forward(&autoencoder.encoder.forward(&batch, true)?, true)?;
+            let reconstruction = autoencoder.decoder.forward(&autoencoder.encoder.forward(batch, true)?, true)?;
             // Sum of squared errors per image, averaged over the batch.
             let loss = reconstruction.f_sub(batch)?.f_square()?.f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?.f_mean(Kind::Float)?;
             optimizer.zero_grad();
             loss.f_backward()?;
             optimizer.step(lr)?;
-            Ok(loss.f_detach()?)
+            loss.f_detach()
         })
     }
 
@@ -430,7 +430,7 @@ impl Training {
             optimizer.zero_grad();
             loss.f_backward()?;
             optimizer.step(lr)?;
-            Ok(loss.f_detach()?)
+            loss.f_detach()
         })
     }
 
