@@ -5,7 +5,7 @@ is grouped by operation, per-anomaly parameters are drawn on the CPU from the an
 random generator, and each operation runs once per group with batched tensor ops. Output pixels
 are not meant to match the Rust generator bit for bit; the work per image is the same.
 
-Usage: python procedural_torch.py [--count N] [--batch B]
+Usage: python procedural_torch.py [--count N] [--batch B] [--per-operation]
 Prints one JSON line per (shape, family) case, like the Rust example bench_generator.
 """
 
@@ -335,13 +335,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--per-operation", action="store_true", help="also time each operation alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
     for channels, side in [(1, 28), (3, 32)]:
         images = torch.rand(SOURCE_IMAGES, channels, side, side)
-        for family, operations in [("all", LOCAL + GLOBAL), ("global", GLOBAL), ("local", LOCAL)]:
+        cases = [("all", LOCAL + GLOBAL), ("global", GLOBAL), ("local", LOCAL)]
+        if args.per_operation:
+            cases += [(name, [name]) for name in LOCAL + GLOBAL]
+        for family, operations in cases:
             generate(images, operations, args.batch, args.batch, 0)
             started = time.perf_counter()
             output = generate(images, operations, args.count, args.batch, 1)

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DatasetFormat;
+use crate::config::{DatasetFormat, KnowledgeSettings};
 
 /// Whether an edit changes a small region (local) or the whole object's shape or appearance
 /// (global).
@@ -267,6 +267,29 @@ pub fn class_names(format: DatasetFormat) -> Vec<String> {
     names
 }
 
+/// Names of the normal classes: `configured` (`knowledge.class_names`) when it is non-empty,
+/// else `dataset` (the dataset's names, such as [`class_names`]), indexed by label. A label
+/// without a name becomes "class K".
+pub fn normal_class_names(configured: &[String], dataset: &[String], normal_classes: &[u32]) -> Vec<String> {
+    let names = if configured.is_empty() { dataset } else { configured };
+    normal_classes
+        .iter()
+        .map(|&label| names.get(label as usize).cloned().unwrap_or_else(|| format!("class {label}")))
+        .collect()
+}
+
+/// Build the prompt a worker sends for a knowledge config: [`anomaly_prompt`] with the normal
+/// class names joined by " or " and `knowledge.captions`. The coordinator calls this too, so
+/// exported DPO prompts match the worker's text.
+pub fn knowledge_prompt(
+    knowledge: &KnowledgeSettings,
+    normal_class_names: &[String],
+    hard_examples: &[String],
+    easy_examples: &[String],
+) -> String {
+    anomaly_prompt(&normal_class_names.join(" or "), &knowledge.captions, hard_examples, easy_examples)
+}
+
 /// Maximum number of captions, hard examples and easy examples each that go into a prompt.
 pub const MAX_PROMPT_ITEMS: usize = 12;
 
@@ -410,6 +433,22 @@ mod tests {
         assert_eq!(first, anomaly_prompt("Bag", &[], &[], &[]));
         assert!(!first.contains("previous round"), "{first}");
         assert!(!first.contains("Captions"), "{first}");
+    }
+
+    #[test]
+    fn normal_class_names_prefer_configured() {
+        let dataset = strings(&["a", "b"]);
+        assert_eq!(normal_class_names(&[], &dataset, &[1, 5]), strings(&["b", "class 5"]));
+        assert_eq!(normal_class_names(&strings(&["x"]), &dataset, &[0]), strings(&["x"]));
+    }
+
+    #[test]
+    fn knowledge_prompt_uses_captions_and_joined_names() {
+        let mut config = crate::config::Config::from_toml("").unwrap().into_raw();
+        config.knowledge.captions = strings(&["a plain grey coat"]);
+        let prompt = knowledge_prompt(&config.knowledge, &strings(&["Coat", "Shirt"]), &[], &[]);
+        assert!(prompt.contains("\"Coat or Shirt\""), "{prompt}");
+        assert!(prompt.contains("- a plain grey coat\n"), "{prompt}");
     }
 
     #[test]

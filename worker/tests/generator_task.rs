@@ -14,7 +14,7 @@ use kka_worker::tasks::generate::GenerateHandler;
 use kka_worker::tasks::{HandlerOutput, TaskContext, TaskError, TaskHandler};
 use tokio_util::sync::CancellationToken;
 
-use generator_support::write_idx_dataset;
+use generator_support::{write_idx_dataset, StubResponse, StubServer};
 
 struct Setup {
     _data: tempfile::TempDir,
@@ -25,11 +25,19 @@ struct Setup {
 }
 
 fn setup(label: &str) -> Setup {
+    setup_with(label, "")
+}
+
+/// Set up with extra TOML appended to the test config.
+fn setup_with(label: &str, extra: &str) -> Setup {
     let data = tempfile::tempdir().unwrap();
     write_idx_dataset(data.path(), 10);
     let prefix = TestPrefix::new(
         label,
-        &format!("[dataset]\nformat = \"fashion-mnist\"\npath = {:?}\nnormal_classes = [2]\n", data.path().display().to_string()),
+        &format!(
+            "[dataset]\nformat = \"fashion-mnist\"\npath = {:?}\nnormal_classes = [2]\n{extra}",
+            data.path().display().to_string()
+        ),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let store = runtime.block_on(Store::connect(&prefix.config.store)).unwrap();
@@ -176,4 +184,32 @@ fn cancelled_task_is_retryable() {
     setup.context.cancel.cancel();
     let error = handler.handle(&task, &setup.context).err().unwrap();
     assert!(matches!(error, TaskError::Retryable(_)), "{error}");
+}
+
+#[test]
+fn llm_source_pays_once_per_prompt() {
+    let reply = serde_json::json!({"choices": [{"message": {"role": "assistant", "content":
+        "{\"concepts\": [{\"description\": \"a pullover with three sleeves\", \"operation\": \"part_swap\", \"params\": {\"axis\": 0}}, {\"description\": \"a pullover printed with checks\", \"operation\": \"stripes\", \"params\": {\"checks\": 1}}]}"
+    }}]});
+    let server = StubServer::start(vec![StubResponse::json(200, &reply)]);
+    let setup = setup_with("gen-llm", &format!("[knowledge]\nsource = \"llm\"\nllm_url = \"{}\"\n", server.base_url()));
+    let fingerprint = setup.cache.fingerprint(&setup.prefix.config.dataset.protocol).unwrap();
+    let handler = GenerateHandler::new(Arc::clone(&setup.cache), &setup.prefix.config);
+    let mut task = task(&setup, fingerprint, GeneratorState::default());
+    if let TaskBody::Generate(body) = &mut task.body {
+        body.hard_examples = vec!["a pullover with a stretched collar".into()];
+    }
+
+    run_and_commit(&setup, &handler, &task);
+    let first = setup.runtime.block_on(setup.context.store.load_anomalies(&ids(&task))).unwrap();
+    run_and_commit(&setup, &handler, &task);
+    let second = setup.runtime.block_on(setup.context.store.load_anomalies(&ids(&task))).unwrap();
+    assert_eq!(first, second, "a redelivery rewrites the same anomalies");
+    assert_eq!(server.request_count(), 1, "the redelivery reads the cached reply");
+
+    assert!(first.iter().all(|a| a.record.concept_id.starts_with("llm.")));
+    let request: serde_json::Value = serde_json::from_slice(&server.requests()[0].body).unwrap();
+    let prompt = request["messages"][1]["content"].as_str().unwrap();
+    assert!(prompt.contains("\"Pullover\""), "{prompt}");
+    assert!(prompt.contains("a pullover with a stretched collar"), "{prompt}");
 }

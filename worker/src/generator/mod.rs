@@ -59,7 +59,8 @@ pub struct Batch<'a> {
     pub concepts: &'a [Concept],
     /// f32 N×C×H×W in [0, 1] on the generator's device: the source image of each plan.
     pub sources: &'a Tensor,
-    /// f32 N×C×H×W in [0, 1] on the generator's device: the donor image of each plan.
+    /// f32 N×C×H×W in [0, 1] on the generator's device: the donor image of each plan, or the
+    /// sources again when no plan's concept uses a donor ([`Generator::uses_donor`]).
     pub donors: &'a Tensor,
 }
 
@@ -81,6 +82,12 @@ pub trait Generator {
     /// and its anomalies record no source index.
     fn uses_source(&self) -> bool {
         true
+    }
+
+    /// Return whether anomalies of `concept` paste from a second normal image, so the pipeline
+    /// gathers donors only when some plan needs them.
+    fn uses_donor(&self, _concept: &Concept) -> bool {
+        false
     }
 
     /// Generate one image per plan: f32 N×C×H×W in [0, 1], the shape of `batch.sources`.

@@ -57,7 +57,12 @@ pub fn generate_anomalies(
             return Err(GeneratorError::Cancelled);
         }
         let sources = gather(job.images, chunk.iter().map(|plan| plan.source_row), job.device).map_err(tensor_error("gather sources"))?;
-        let donors = gather(job.images, chunk.iter().map(|plan| plan.donor_row), job.device).map_err(tensor_error("gather donors"))?;
+        let needs_donors = chunk.iter().any(|plan| generator.uses_donor(&job.concepts[plan.concept]));
+        let donors = if needs_donors {
+            gather(job.images, chunk.iter().map(|plan| plan.donor_row), job.device).map_err(tensor_error("gather donors"))?
+        } else {
+            sources.shallow_clone()
+        };
         let batch = Batch { plans: chunk, concepts: job.concepts, sources: &sources, donors: &donors };
 
         let output = generator.generate(&batch)?;

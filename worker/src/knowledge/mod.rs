@@ -76,11 +76,7 @@ pub fn resolve_domain(setting: &str, format: DatasetFormat) -> String {
 /// Names of the normal classes: `knowledge.class_names` when set, else the dataset's names.
 /// A label without a name becomes "class K".
 pub fn normal_class_names(settings: &KnowledgeSettings, dataset_names: &[String], normal_classes: &[u32]) -> Vec<String> {
-    let names = if settings.class_names.is_empty() { dataset_names } else { &settings.class_names[..] };
-    normal_classes
-        .iter()
-        .map(|&label| names.get(label as usize).cloned().unwrap_or_else(|| format!("class {label}")))
-        .collect()
+    kka_shared::prompt::normal_class_names(&settings.class_names, dataset_names, normal_classes)
 }
 
 /// Everything that decides which concepts a generate request uses.
@@ -111,9 +107,9 @@ pub fn load_concepts(
         }
         KnowledgeSourceKind::Llm => {
             let client = LlmClient::new(request.settings)?;
-            let prompt = kka_shared::prompt::anomaly_prompt(
-                &request.class_names.join(" or "),
-                &request.settings.captions,
+            let prompt = kka_shared::prompt::knowledge_prompt(
+                request.settings,
+                &request.class_names,
                 request.hard_examples,
                 request.easy_examples,
             );

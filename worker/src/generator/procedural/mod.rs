@@ -96,6 +96,10 @@ impl Generator for ProceduralGenerator {
         PROCEDURAL_VERSION.to_owned()
     }
 
+    fn uses_donor(&self, concept: &Concept) -> bool {
+        uses_donor(&concept.operation)
+    }
+
     fn generate(&mut self, batch: &Batch<'_>) -> Result<Tensor, GeneratorError> {
         let tensor_error = |operation: &str| {
             let operation = operation.to_owned();
@@ -118,11 +122,20 @@ impl Generator for ProceduralGenerator {
     }
 }
 
+/// Whether an operation pastes from a donor image.
+fn uses_donor(operation: &str) -> bool {
+    matches!(operation, "cutpaste" | "part_swap")
+}
+
 /// Run one operation on the rows of the batch that use it.
 fn apply_group(batch: &Batch<'_>, operation: &str, rows: &[i64]) -> TchResult<Tensor> {
     let index = Tensor::f_from_slice(rows)?.f_to(batch.sources.device())?;
     let images = batch.sources.f_index_select(0, &index)?.f_to_dtype(Kind::Float, false, false)?;
-    let donors = batch.donors.f_index_select(0, &index)?.f_to_dtype(Kind::Float, false, false)?;
+    let donors = if uses_donor(operation) {
+        batch.donors.f_index_select(0, &index)?.f_to_dtype(Kind::Float, false, false)?
+    } else {
+        images.shallow_clone()
+    };
     let mut items: Vec<OpItem<'_>> = rows
         .iter()
         .map(|&row| {
