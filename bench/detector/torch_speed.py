@@ -4,6 +4,9 @@
 Trains the same LeNet autoencoder (pretraining) and Deep SVDD encoder as kka on the normal
 Fashion-MNIST training images of one class, with the same batch size, Adam settings and thread
 count, and prints one JSON line with images per second of each phase and the peak RSS.
+With --data-loader the batches come from a torch.utils.data.DataLoader over a per-image
+Dataset that converts each uint8 image to a float tensor, as the Deep SAD reference
+implementation's loaders do (it converts through PIL and ToTensor, which costs more still).
 Usage: .venv/bin/python bench/detector/torch_speed.py --threads 2 --pretrain-epochs 3 --epochs 3
 """
 
@@ -32,13 +35,27 @@ def read_idx(path):
 
 
 def normal_images(normal_class, validation_fraction, seed):
+    """Returns the uint8 training images of one class (N x 28 x 28) minus a validation slice."""
     images = read_idx(f"{DATA}/train-images-idx3-ubyte.gz")
     labels = read_idx(f"{DATA}/train-labels-idx1-ubyte.gz")
-    selected = images[labels == normal_class].float().div(255.0).unsqueeze(1)
+    selected = images[labels == normal_class]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(selected.shape[0], generator=generator)
     held_out = round(selected.shape[0] * validation_fraction)
-    return selected[order[held_out:]]
+    return selected[order[held_out:]].contiguous()
+
+
+class PerImageDataset(torch.utils.data.Dataset):
+    """Converts one uint8 image to a 1 x 28 x 28 float tensor in [0, 1] per item."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        return self.images[index].float().div(255.0).unsqueeze(0)
 
 
 def conv_block(inputs, outputs):
@@ -78,12 +95,19 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.deconv3(x))
 
 
-def run_epochs(images, epochs, batch_size, step):
+def run_epochs(images, epochs, batch_size, step, data_loader):
     """Runs `epochs` shuffled epochs, calling `step(batch)`; returns the seconds taken."""
     started = time.perf_counter()
-    for _ in range(epochs):
-        for indices in torch.randperm(images.shape[0]).split(batch_size):
-            step(images[indices])
+    if data_loader:
+        loader = torch.utils.data.DataLoader(PerImageDataset(images), batch_size=batch_size, shuffle=True)
+        for _ in range(epochs):
+            for batch in loader:
+                step(batch)
+    else:
+        floats = images.float().div(255.0).unsqueeze(1)
+        for _ in range(epochs):
+            for indices in torch.randperm(floats.shape[0]).split(batch_size):
+                step(floats[indices])
     return time.perf_counter() - started
 
 
@@ -95,6 +119,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--normal-class", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--data-loader", action="store_true")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -111,10 +136,10 @@ def main():
         loss.backward()
         optimizer.step()
 
-    pretrain_seconds = run_epochs(images, args.pretrain_epochs, args.batch_size, pretrain_step)
+    pretrain_seconds = run_epochs(images, args.pretrain_epochs, args.batch_size, pretrain_step, args.data_loader)
 
     with torch.no_grad():
-        center = encoder.eval()(images).mean(dim=0)
+        center = encoder.eval()(images.float().div(255.0).unsqueeze(1)).mean(dim=0)
     encoder.train()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=args.lr, weight_decay=5e-7)
 
@@ -124,10 +149,10 @@ def main():
         loss.backward()
         optimizer.step()
 
-    train_seconds = run_epochs(images, args.epochs, args.batch_size, train_step)
+    train_seconds = run_epochs(images, args.epochs, args.batch_size, train_step, args.data_loader)
     count = images.shape[0]
     print(json.dumps({
-        "implementation": "pytorch-python",
+        "implementation": "pytorch-python-dataloader" if args.data_loader else "pytorch-python",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "train_images": count,

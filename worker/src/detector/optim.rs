@@ -56,14 +56,15 @@ impl Adam {
             if self.weight_decay != 0.0 {
                 grad = grad.f_add(&param.f_mul_scalar(self.weight_decay)?)?;
             }
-            let _ = exp_avg.f_mul_scalar_(BETA1)?;
-            let _ = exp_avg.f_add_(&grad.f_mul_scalar(1.0 - BETA1)?)?;
+            // In-place updates in the order of torch.optim.Adam's single-tensor path.
+            let _ = exp_avg.f_lerp_(&grad, 1.0 - BETA1)?;
             let _ = exp_avg_sq.f_mul_scalar_(BETA2)?;
-            let _ = exp_avg_sq.f_add_(&grad.f_mul(&grad)?.f_mul_scalar(1.0 - BETA2)?)?;
+            let _ = exp_avg_sq.f_addcmul_(&grad.f_mul_scalar(1.0 - BETA2)?, &grad)?;
 
-            let denominator = exp_avg_sq.f_sqrt()?.f_div_scalar(correction2_sqrt)?.f_add_scalar(EPSILON)?;
-            let update = exp_avg.f_div(&denominator)?.f_mul_scalar(lr / correction1)?;
-            let _ = param.f_sub_(&update)?;
+            let mut denominator = exp_avg_sq.f_sqrt()?;
+            let _ = denominator.f_div_scalar_(correction2_sqrt)?;
+            let _ = denominator.f_add_scalar_(EPSILON)?;
+            let _ = param.f_addcdiv_(&exp_avg.f_mul_scalar(-lr / correction1)?, &denominator)?;
         }
         Ok(())
     }
