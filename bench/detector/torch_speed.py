@@ -2,8 +2,8 @@
 `kka-worker baseline`.
 
 Trains the same LeNet autoencoder (pretraining) and Deep SVDD encoder as kka on the normal
-Fashion-MNIST training images of one class, with the same batch size, Adam settings and thread
-count, and prints one JSON line with images per second of each phase and the peak RSS.
+Fashion-MNIST training images of one class. Batch size, Adam settings and thread count match
+kka's. Prints one JSON line with the images per second of each phase and the peak RSS.
 With --data-loader the batches come from a torch.utils.data.DataLoader over a per-image
 Dataset that converts each uint8 image to a float tensor, as the Deep SAD reference
 implementation's loaders do (it converts through PIL and ToTensor, which costs more still).

@@ -54,7 +54,8 @@ pub struct DatasetProtocol {
     pub preprocessing: Preprocessing,
     /// Use at most this many normal training images (0 means all), for quick runs and tests.
     pub train_limit: usize,
-    /// Use at most this many test images, drawn evenly from the whole split (0 means all).
+    /// Use at most this many test images, a sample of the whole split that keeps each class's
+    /// share (0 means all).
     pub test_limit: usize,
     /// Seed of the shuffles that cut the validation slice and the limits.
     pub split_seed: u64,
