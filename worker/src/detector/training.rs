@@ -468,7 +468,7 @@ fn run_batches(
         loss_sum = loss_sum.f_add(&step(&batch, &batch_targets)?)?;
     }
 
-    let loss = loss_sum.double_value(&[]) / batches.len().max(1) as f64;
+    let loss = loss_sum.f_double_value(&[])? / batches.len().max(1) as f64;
     Ok(EpochReport {
         phase,
         epoch: epoch + 1,
