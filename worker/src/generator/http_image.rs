@@ -65,12 +65,12 @@ pub struct HttpImageGenerator {
 impl HttpImageGenerator {
     pub fn new(settings: &GeneratorSettings, runtime: tokio::runtime::Handle) -> Result<HttpImageGenerator, GeneratorError> {
         let Some(url) = &settings.image_api_url else {
-            return Err(GeneratorError::ImageApiSetup("generator.image_api_url is unset; set the image API's base URL".into()));
+            return Err(GeneratorError::Setup("generator.image_api_url is unset; set the image API's base URL".into()));
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(settings.image_api_timeout_secs))
             .build()
-            .map_err(|error| GeneratorError::ImageApiSetup(error.to_string()))?;
+            .map_err(|error| GeneratorError::Setup(error.to_string()))?;
 
         Ok(HttpImageGenerator {
             http,
@@ -305,11 +305,11 @@ fn channels_first(interleaved: &[u8], channels: usize) -> Vec<f32> {
 /// PNG bytes of one C×H×W u8 image.
 fn encode_png(pixels: &[u8], target: TargetShape) -> Result<Vec<u8>, GeneratorError> {
     let image = kka_shared::export::to_dynamic_image(pixels, [target.channels, target.height, target.width])
-        .map_err(|error| GeneratorError::ImageApiSetup(error.to_string()))?;
+        .map_err(|error| GeneratorError::Setup(error.to_string()))?;
     let mut bytes = Vec::new();
     image
         .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .map_err(|error| GeneratorError::ImageApiSetup(format!("failed to encode the source image as PNG: {error}")))?;
+        .map_err(|error| GeneratorError::Setup(format!("failed to encode the source image as PNG: {error}")))?;
     Ok(bytes)
 }
 

@@ -40,8 +40,10 @@ pub enum GeneratorError {
     ImageApiRejected { url: String, status: u16, excerpt: String, key_env: String },
     #[error("image API at {url} sent no usable image in {attempts} attempts: {reason}")]
     ImageApiMalformed { url: String, attempts: u32, reason: String },
-    #[error("image API set-up failed: {0}")]
-    ImageApiSetup(String),
+    #[error("generator {generator} returned shape {found:?}, expected {expected:?} (N×C×H×W)")]
+    OutputShape { generator: &'static str, found: Vec<i64>, expected: Vec<i64> },
+    #[error("generator set-up failed: {0}")]
+    Setup(String),
     #[error("generation was cancelled")]
     Cancelled,
 }
@@ -113,10 +115,7 @@ pub fn build_generator(
         GeneratorKind::Procedural => Ok(Box::new(procedural::ProceduralGenerator)),
         GeneratorKind::Torchscript => {
             let Some(path) = &settings.torchscript_path else {
-                return Err(GeneratorError::ModuleOutput {
-                    path: PathBuf::new(),
-                    reason: "generator.torchscript_path is unset".into(),
-                });
+                return Err(GeneratorError::Setup("generator.torchscript_path is unset; set the path of a TorchScript module".into()));
             };
             Ok(Box::new(torchscript::TorchScriptGenerator::load(path, device)?))
         }

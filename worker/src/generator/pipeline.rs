@@ -66,12 +66,9 @@ pub fn generate_anomalies(
         let batch = Batch { plans: chunk, concepts: job.concepts, sources: &sources, donors: &donors };
 
         let output = generator.generate(&batch)?;
-        let expected = [chunk.len() as i64, channels, height, width];
+        let expected = vec![chunk.len() as i64, channels, height, width];
         if output.size() != expected {
-            return Err(GeneratorError::ModuleOutput {
-                path: generator.name().into(),
-                reason: format!("returned shape {:?}, expected {expected:?}", output.size()),
-            });
+            return Err(GeneratorError::OutputShape { generator: generator.name(), found: output.size(), expected });
         }
         let pixels = to_pixels(&output).map_err(tensor_error("convert to u8"))?;
         let image_len = (channels * height * width) as usize;
@@ -130,5 +127,58 @@ pub fn anomaly_record(
         source_index: anomaly.source_index,
         seed: plan.seed,
         shape,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kka_shared::messages::GeneratorState;
+    use tch::Device;
+
+    use super::*;
+
+    /// A generator that returns one image too few.
+    struct ShortGenerator;
+
+    impl Generator for ShortGenerator {
+        fn name(&self) -> &'static str {
+            "short"
+        }
+
+        fn version(&self) -> String {
+            "0".into()
+        }
+
+        fn generate(&mut self, batch: &Batch<'_>) -> Result<Tensor, GeneratorError> {
+            Ok(batch.sources.narrow(0, 1, batch.plans.len() as i64 - 1))
+        }
+    }
+
+    #[test]
+    fn wrong_output_shape_names_the_generator() {
+        let images = Tensor::zeros([3, 1, 4, 4], (Kind::Float, Device::Cpu));
+        let concepts = vec![Concept::new("c", "d", "flip", &BTreeMap::new(), None, None).unwrap()];
+        let sampler = Sampler::new(&concepts, &GeneratorState::default(), 0.0, 1.0, 2).unwrap();
+        let job = GenerationJob {
+            images: &images,
+            indices: &[0, 1, 2],
+            concepts: &concepts,
+            sampler: &sampler,
+            seed: 0,
+            range: 0..2,
+            batch_size: 2,
+            device: Device::Cpu,
+        };
+        let error = generate_anomalies(&job, &mut ShortGenerator, &|| false).unwrap_err();
+        assert!(matches!(error, GeneratorError::OutputShape { generator: "short", .. }), "{error}");
+        assert!(error.to_string().contains("[1, 1, 4, 4]"), "{error}");
+    }
+
+    #[test]
+    fn pixels_round_and_clamp() {
+        let images = Tensor::from_slice(&[-0.5f32, 0.0, 0.5, 1.0, 2.0, f32::NAN]).view([1, 1, 2, 3]);
+        assert_eq!(to_pixels(&images).unwrap(), vec![0, 0, 128, 255, 255, 0]);
     }
 }

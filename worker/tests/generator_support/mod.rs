@@ -55,8 +55,8 @@ pub fn write_idx_dataset(dir: &Path, per_class: usize) {
     for word in [0x0803u32, count as u32, 28, 28] {
         images.extend_from_slice(&word.to_be_bytes());
     }
-    for i in 0..count {
-        let pixels = synthetic_image(1, 28, 28, i as u64 * 31 + u64::from(labels[i]));
+    for (i, &label) in labels.iter().enumerate() {
+        let pixels = synthetic_image(1, 28, 28, i as u64 * 31 + u64::from(label));
         images.extend(pixels.iter().map(|&v| (v * 255.0).round() as u8));
     }
     let mut label_file = Vec::new();
