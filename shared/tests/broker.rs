@@ -175,6 +175,96 @@ async fn batch_publish_confirms_every_message() {
 }
 
 #[tokio::test]
+async fn batched_acks_settle_each_delivery_once() {
+    let env = TestPrefix::new("acks", "[broker]\nprefetch = 200\n");
+    let experiment = env.experiment("exp");
+    let broker = connect(&env.config.broker, "acks").await;
+    let tasks: Vec<TaskMessage> = (0..100).map(|shard| noop_task(&experiment, shard)).collect();
+    broker.publish_tasks(&tasks).await.unwrap();
+
+    let mut consumer = broker.consume_tasks(&[TaskKind::Noop]).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..tasks.len() {
+        deliveries.push(next_within(&mut consumer, "a task").await);
+    }
+    // Settle in reverse order, returning every tenth task to the queue, so that acks wait for
+    // older tags and requeued tags sit between acknowledged ones.
+    let mut requeued = BTreeSet::new();
+    for incoming in deliveries.iter().rev() {
+        let task: TaskMessage = serde_json::from_slice(incoming.payload()).unwrap();
+        if task.task_id.shard % 10 == 0 {
+            assert!(incoming.requeue().await.unwrap());
+            requeued.insert(task.task_id.shard);
+        } else {
+            assert!(incoming.ack().await.unwrap());
+        }
+        assert!(!incoming.ack().await.unwrap(), "a second settlement must be ignored");
+    }
+    consumer.close().await;
+    drop(deliveries);
+
+    let mut consumer = broker.consume_tasks(&[TaskKind::Noop]).await.unwrap();
+    let mut redelivered = BTreeSet::new();
+    for _ in 0..requeued.len() {
+        let incoming = next_within(&mut consumer, "a requeued task").await;
+        assert!(incoming.redelivered());
+        let task: TaskMessage = serde_json::from_slice(incoming.payload()).unwrap();
+        redelivered.insert(task.task_id.shard);
+        assert!(incoming.ack().await.unwrap());
+    }
+    assert_eq!(redelivered, requeued);
+    let extra = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(extra.is_err(), "acknowledged tasks must not come back");
+    consumer.close().await;
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_keep_channel_open() {
+    let env = TestPrefix::new("acks-concurrent", "[broker]\nprefetch = 500\n");
+    let experiment = env.experiment("exp");
+    let broker = connect(&env.config.broker, "acks-concurrent").await;
+    let tasks: Vec<TaskMessage> = (0..500).map(|shard| noop_task(&experiment, shard)).collect();
+    broker.publish_tasks(&tasks).await.unwrap();
+
+    let mut consumer = broker.consume_tasks(&[TaskKind::Noop]).await.unwrap();
+    let mut settling = tokio::task::JoinSet::new();
+    for _ in 0..tasks.len() {
+        let incoming = next_within(&mut consumer, "a task").await;
+        // Settle from many tasks at once, in a scrambled order, requeueing every tenth.
+        settling.spawn(async move {
+            let task: TaskMessage = serde_json::from_slice(incoming.payload()).unwrap();
+            let shard = task.task_id.shard;
+            tokio::time::sleep(Duration::from_micros(u64::from((shard * 7919) % 3000))).await;
+            if shard % 10 == 0 {
+                assert!(incoming.requeue().await.unwrap());
+            } else {
+                assert!(incoming.ack().await.unwrap());
+            }
+            (shard, incoming)
+        });
+    }
+    let mut settled = Vec::new();
+    while let Some(joined) = settling.join_next().await {
+        settled.push(joined.unwrap());
+    }
+    consumer.close().await;
+    drop(settled);
+
+    let mut consumer = broker.consume_tasks(&[TaskKind::Noop]).await.unwrap();
+    let mut redelivered = BTreeSet::new();
+    while let Ok(Some(incoming)) = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await {
+        let task: TaskMessage = serde_json::from_slice(incoming.payload()).unwrap();
+        assert!(redelivered.insert(task.task_id.shard), "shard {} delivered twice", task.task_id.shard);
+        assert!(incoming.ack().await.unwrap());
+    }
+    let expected: BTreeSet<u32> = (0..500).filter(|shard| shard % 10 == 0).collect();
+    assert_eq!(redelivered, expected, "only the requeued tasks come back");
+    consumer.close().await;
+    broker.close().await;
+}
+
+#[tokio::test]
 async fn publish_to_missing_queue_is_unroutable() {
     let env = TestPrefix::new("unroutable", "");
     let experiment = env.experiment("exp");

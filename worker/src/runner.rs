@@ -48,13 +48,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kka_shared::broker::{Broker, BrokerError, Consumer, Incoming, Outgoing};
+use kka_shared::broker::{Broker, BrokerError, Consumer, DeliveryHandle, Incoming, Outgoing};
 use kka_shared::config::{Config, WorkerSettings};
 use kka_shared::ids::{TaskKind, WorkerId, MAX_NAME_LEN};
 use kka_shared::messages::{CompletionEvent, TaskBody, TaskMessage, TaskOutcome, TaskSummary};
 use kka_shared::store::workers::{DatasetStatus, WorkerRecord};
 use kka_shared::store::{Store, StoreError};
-use lapin::Acker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -206,9 +205,9 @@ struct Shared {
     stopping: CancellationToken,
     /// Cancelled when the shutdown grace period ends; handlers see it as `TaskContext::cancel`.
     task_cancel: CancellationToken,
-    /// Ackers of the deliveries not settled yet, by a local sequence number, so that shutdown
-    /// can return them to their queues.
-    unsettled: Mutex<HashMap<u64, Acker>>,
+    /// Deliveries not settled yet, by a local sequence number, so that shutdown can return them
+    /// to their queues.
+    unsettled: Mutex<HashMap<u64, DeliveryHandle>>,
     next_sequence: AtomicU64,
     counters: Counters,
 }
@@ -307,8 +306,8 @@ impl Runner {
             shared.task_cancel.cancel();
             let unsettled = shared.take_unsettled();
             tracing::warn!(count = unsettled.len(), "grace period over; returning unfinished tasks to their queues");
-            for acker in unsettled {
-                if let Err(error) = kka_shared::broker::requeue(&acker).await {
+            for delivery in unsettled {
+                if let Err(error) = delivery.requeue().await {
                     tracing::warn!(%error, "failed to requeue a delivery; closing the channel returns it");
                 }
                 Counters::add(&shared.counters.requeued);
@@ -430,7 +429,7 @@ impl Shared {
 
     fn track(&self, incoming: &Incoming) -> u64 {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        self.lock_unsettled().insert(sequence, incoming.acker());
+        self.lock_unsettled().insert(sequence, incoming.handle());
         sequence
     }
 
@@ -438,11 +437,11 @@ impl Shared {
         self.lock_unsettled().remove(&sequence);
     }
 
-    fn take_unsettled(&self) -> Vec<Acker> {
-        self.lock_unsettled().drain().map(|(_, acker)| acker).collect()
+    fn take_unsettled(&self) -> Vec<DeliveryHandle> {
+        self.lock_unsettled().drain().map(|(_, delivery)| delivery).collect()
     }
 
-    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
+    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<u64, DeliveryHandle>> {
         self.unsettled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

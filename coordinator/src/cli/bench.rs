@@ -7,9 +7,9 @@
 //! warm-up:
 //!
 //! - throughput: all tasks are published at once as one batch, and the run ends when the last
-//!   completion event arrives; latency is measured per task from its creation to its event;
-//! - latency: one task at a time, each published only after the previous task's event arrived;
-//!   latency is measured from just before the publish to the arrival of the event.
+//!   completion event arrives. Each task's latency runs from its creation to its event.
+//! - latency: one task at a time, each published only after the previous task's event arrived.
+//!   Each latency runs from just before the publish to the arrival of the event.
 //!
 //! Every message stays persistent and confirmed, and workers acknowledge only after the Redis
 //! commit, exactly as in real runs.

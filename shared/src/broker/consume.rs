@@ -1,13 +1,15 @@
 //! Consuming with manual acks, resuming on a new channel after the connection drops.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, SelectAll, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, Channel};
 
+use super::acks::AckBatcher;
 use super::{durable_queue, short, Broker, BrokerError, ATTEMPT_HEADER};
 use crate::ids::TaskKind;
 use crate::messages::decode;
@@ -29,6 +31,7 @@ pub struct Incoming {
     pub queue: String,
     /// When this process received the delivery.
     pub received_at: Instant,
+    handle: DeliveryHandle,
     /// Keeps the delivery's channel open until the delivery is dropped, even after its consumer
     /// moved to a new channel.
     _channel: Channel,
@@ -65,29 +68,46 @@ impl Incoming {
         u32::try_from(number).ok().filter(|n| *n >= 1).unwrap_or(1)
     }
 
-    /// Returns a handle that acknowledges or rejects this delivery. Clones share its single use.
-    pub fn acker(&self) -> Acker {
-        self.delivery.acker.clone()
+    /// Returns a handle that settles this delivery, for code that does not own it.
+    pub fn handle(&self) -> DeliveryHandle {
+        self.handle.clone()
     }
 
-    /// Acknowledge the delivery. Returns `Ok(false)` when it was already acknowledged or its
-    /// channel is gone, in which case RabbitMQ delivers it again.
+    /// Acknowledges the delivery. The acknowledgement may wait a few milliseconds to share a
+    /// frame with others (see [`super::acks`]). Returns `Ok(false)` when the delivery was
+    /// already settled.
     pub async fn ack(&self) -> Result<bool, BrokerError> {
-        self.delivery.acker.ack(BasicAckOptions::default()).await.map_err(BrokerError::amqp("basic.ack", self.queue.clone()))
+        self.handle.ack().await
     }
 
-    /// Return the delivery to its queue. Returns `Ok(false)` like [`Incoming::ack`].
+    /// Returns the delivery to its queue at once. Returns `Ok(false)` like [`Incoming::ack`].
     pub async fn requeue(&self) -> Result<bool, BrokerError> {
-        requeue(&self.delivery.acker).await.map_err(BrokerError::amqp("basic.nack", self.queue.clone()))
+        self.handle.requeue().await
     }
 }
 
-/// Return a delivery to its queue through its acker.
-pub async fn requeue(acker: &Acker) -> lapin::Result<bool> {
-    acker.nack(BasicNackOptions { multiple: false, requeue: true }).await
+/// Settles one delivery: acknowledges it or returns it to its queue. Clones settle the same
+/// delivery, and only the first settlement counts.
+#[derive(Debug, Clone)]
+pub struct DeliveryHandle {
+    tag: u64,
+    acker: Acker,
+    acks: Arc<AckBatcher>,
+    queue: String,
 }
 
-/// Sync as well as Send, so that a `&Consumer` can be held across an await in a spawned task.
+impl DeliveryHandle {
+    /// Acknowledges the delivery, batched with others on its channel.
+    pub async fn ack(&self) -> Result<bool, BrokerError> {
+        self.acks.ack(self.tag, self.acker.clone()).await.map_err(BrokerError::amqp("basic.ack", self.queue.clone()))
+    }
+
+    /// Returns the delivery to its queue at once.
+    pub async fn requeue(&self) -> Result<bool, BrokerError> {
+        self.acks.requeue(self.tag, &self.acker).await.map_err(BrokerError::amqp("basic.nack", self.queue.clone()))
+    }
+}
+
 type DeliveryStream = std::pin::Pin<Box<dyn futures::Stream<Item = StreamItem> + Send + Sync>>;
 
 enum StreamItem {
@@ -101,6 +121,7 @@ struct Active {
     channel: Channel,
     tags: Vec<ShortString>,
     stream: SelectAll<DeliveryStream>,
+    acks: Arc<AckBatcher>,
 }
 
 /// Deliveries from one or more queues over one channel, with a shared prefetch limit. After the
@@ -204,12 +225,19 @@ impl Consumer {
 
             match active.stream.next().await {
                 Some(StreamItem::Delivery(index, Ok(delivery))) => {
-                    let channel = active.channel.clone();
+                    let queue = self.queues[index].name.clone();
+                    let handle = DeliveryHandle {
+                        tag: delivery.delivery_tag,
+                        acker: delivery.acker.clone(),
+                        acks: Arc::clone(&active.acks),
+                        queue: queue.clone(),
+                    };
                     return Some(Incoming {
                         delivery,
-                        queue: self.queues[index].name.clone(),
+                        queue,
                         received_at: Instant::now(),
-                        _channel: channel,
+                        handle,
+                        _channel: active.channel.clone(),
                     });
                 }
                 Some(StreamItem::Delivery(index, Err(error))) => {
@@ -248,11 +276,14 @@ impl Consumer {
         }
     }
 
-    /// Cancel and close the channel. Deliveries not acknowledged by then go back to their
-    /// queues.
+    /// Cancel, send the acknowledgements still waiting in a batch, and close the channel.
+    /// Deliveries not acknowledged by then go back to their queues.
     pub async fn close(&mut self) {
         self.cancel().await;
         if let Some(active) = self.active.take() {
+            if let Err(error) = active.acks.flush().await {
+                tracing::debug!(%error, "sending the last acks failed; RabbitMQ delivers those messages again");
+            }
             super::publish::close_quietly(&active.channel).await;
         }
     }
@@ -278,7 +309,7 @@ impl Consumer {
             let deliveries = consumer.map(move |result| StreamItem::Delivery(index, result));
             streams.push(Box::pin(deliveries.chain(stream::once(async move { StreamItem::Ended(index) }))));
         }
-        Ok(Active { channel, tags, stream: stream::select_all(streams) })
+        Ok(Active { channel, tags, stream: stream::select_all(streams), acks: Arc::new(AckBatcher::default()) })
     }
 }
 

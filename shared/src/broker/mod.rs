@@ -22,6 +22,7 @@
 //! their own channel and resume on the new connection. RabbitMQ redelivers the deliveries that
 //! were unacknowledged when the old connection died.
 
+mod acks;
 mod consume;
 mod events;
 mod publish;
@@ -35,7 +36,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-pub use consume::{requeue, Consumer, Incoming};
+pub use consume::{Consumer, DeliveryHandle, Incoming};
 pub use events::{EventConsumer, ReceivedEvent};
 pub use publish::{DeadLetter, Outgoing};
 

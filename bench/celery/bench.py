@@ -1,0 +1,88 @@
+"""Measures Celery's task throughput and one-at-a-time latency with no-op tasks.
+
+Prints one JSON object with the same fields as `kka-coordinator bench --json`. The Celery
+worker must already be running (scripts/bench-broker.sh starts it).
+"""
+
+import argparse
+import json
+import time
+
+from celery.result import ResultSet
+
+from tasks import app, noop
+
+
+def percentile(sorted_values, q):
+    """Returns the q-quantile (0..1) of already sorted values, by the nearest-rank method."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+def figures(tasks, seconds, latencies_ms):
+    latencies_ms = sorted(latencies_ms)
+    return {
+        "tasks": tasks,
+        "seconds": seconds,
+        "tasks_per_sec": tasks / seconds,
+        "p50_ms": percentile(latencies_ms, 0.5),
+        "p99_ms": percentile(latencies_ms, 0.99),
+        "max_ms": latencies_ms[-1] if latencies_ms else 0.0,
+    }
+
+
+def throughput_run(count, timeout):
+    """Sends `count` tasks at once, then waits until every result is in Redis."""
+    started = time.perf_counter()
+    results = [noop.delay(time.time()) for _ in range(count)]
+    latencies_ms = []
+    for _task_id, meta in ResultSet(results).iter_native(timeout=timeout):
+        if meta["status"] != "SUCCESS":
+            raise RuntimeError(f"task failed: {meta}")
+        latencies_ms.append((time.time() - meta["result"]) * 1000.0)
+    seconds = time.perf_counter() - started
+    return figures(count, seconds, latencies_ms)
+
+
+def latency_run(count, timeout):
+    """Sends one task at a time and waits for its result before sending the next."""
+    latencies_ms = []
+    started = time.perf_counter()
+    for _ in range(count):
+        sent = time.perf_counter()
+        noop.delay(0).get(timeout=timeout)
+        latencies_ms.append((time.perf_counter() - sent) * 1000.0)
+    return figures(count, time.perf_counter() - started, latencies_ms)
+
+
+def wait_for_worker(timeout):
+    """Waits until a worker replies to a ping, so that its start-up is not measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=1.0):
+            return
+    raise RuntimeError(f"no Celery worker replied to a ping within {timeout} s; check the worker log")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20000, help="tasks in the throughput run")
+    parser.add_argument("--latency-tasks", type=int, default=2000, help="tasks in the latency run")
+    parser.add_argument("--warmup-tasks", type=int, default=1000, help="tasks sent before measuring")
+    parser.add_argument("--timeout-secs", type=float, default=600.0, help="seconds each run may take")
+    args = parser.parse_args()
+
+    wait_for_worker(args.timeout_secs)
+    if args.warmup_tasks > 0:
+        throughput_run(args.warmup_tasks, args.timeout_secs)
+    report = {
+        "throughput": throughput_run(args.tasks, args.timeout_secs),
+        "latency": latency_run(args.latency_tasks, args.timeout_secs),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
