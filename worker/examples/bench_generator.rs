@@ -1,8 +1,9 @@
 //! Throughput of the procedural generator, in images per second on one libtorch thread.
 //!
 //! `cargo run --release -p kka-worker --example bench_generator -- [--count N] [--batch B]
-//! [--per-operation]` prints one JSON line per (shape, family) case, and per operation with
-//! `--per-operation`. scripts/bench-generator.sh runs it beside
+//! [--per-operation] [--case NAME]` prints one JSON line per (shape, family) case, and per
+//! operation with `--per-operation`. `--case` runs one case only: all, global, local or an
+//! operation name. scripts/bench-generator.sh runs it beside
 //! the PyTorch version in bench/generator/.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,11 @@ fn main() -> anyhow::Result<()> {
         let mut cases: Vec<String> = ["all", "global", "local"].iter().map(|case| case.to_string()).collect();
         if args.iter().any(|arg| arg == "--per-operation") {
             cases.extend(OPERATIONS.iter().map(|spec| spec.name.to_string()));
+        }
+        if let Some(only) = text_flag(&args, "--case") {
+            cases.retain(|case| *case == only);
+            cases.push(only);
+            cases.dedup();
         }
         for family in cases.iter().map(String::as_str) {
             let concepts = concepts(family);
@@ -87,6 +93,10 @@ fn concepts(family: &str) -> Vec<Concept> {
 }
 
 fn flag(args: &[String], name: &str) -> Option<u32> {
+    text_flag(args, name)?.parse().ok()
+}
+
+fn text_flag(args: &[String], name: &str) -> Option<String> {
     let position = args.iter().position(|arg| arg == name)?;
-    args.get(position + 1)?.parse().ok()
+    args.get(position + 1).cloned()
 }
