@@ -49,3 +49,37 @@ fn supervised_detectors_are_rejected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("labelled anomalies"), "{stderr}");
 }
+
+#[test]
+fn deep_sad_trains_on_anomaly_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[dataset]\ntrain_limit = 300\ntest_limit = 500\n[detector]\nbatch_size = 64\nlr = 1e-3\n").unwrap();
+    let anomalies = dir.path().join("anomalies");
+    std::fs::create_dir(&anomalies).unwrap();
+    for index in 0..10u8 {
+        // A bright square on black, at a different place in each image.
+        let offset = u32::from(index);
+        let image = image::GrayImage::from_fn(28, 28, |x, y| {
+            let inside = (offset..offset + 10).contains(&x) && (offset..offset + 10).contains(&y);
+            image::Luma([if inside { 250 } else { 0 }])
+        });
+        image.save(anomalies.join(format!("anomaly-{index}.png"))).unwrap();
+    }
+    let report = dir.path().join("report.json");
+
+    let output = worker()
+        .args(["baseline", "--normal-class", "1", "--detector", "deep-sad", "--epochs", "1", "--pretrain-epochs", "0"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--anomalies")
+        .arg(&anomalies)
+        .arg("--output")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["detector"], "deep-sad");
+    assert_eq!(json["labelled_anomalies"], 10);
+}

@@ -2,8 +2,8 @@
 //! without RabbitMQ or Redis.
 //!
 //! Prints a one-line summary and writes a JSON report with the metrics, timings, throughput and
-//! peak memory. Deep SAD and outlier exposure need labelled anomalies, which this command does
-//! not take, so it only trains Deep SVDD.
+//! peak memory. Deep SAD and outlier exposure need labelled anomalies: a folder of PNG or JPEG
+//! images given with `--anomalies`, such as the output of `kka-worker generate`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,9 +25,13 @@ pub struct Args {
     /// Label of the normal class; every other class is anomalous in the test split.
     #[arg(long)]
     pub normal_class: u32,
-    /// Detector to train: deep-svdd (deep-sad and outlier-exposure need labelled anomalies).
+    /// Detector to train: deep-svdd, or deep-sad and outlier-exposure with --anomalies.
     #[arg(long, default_value = "deep-svdd", value_parser = parse_kind)]
     pub detector: DetectorKind,
+    /// Folder of labelled anomaly images (PNG or JPEG of the dataset's shape, such as the
+    /// output of `kka-worker generate`); contact_sheet.png is skipped.
+    #[arg(long)]
+    pub anomalies: Option<PathBuf>,
     /// Path of the JSON report; its folder must exist.
     #[arg(long)]
     pub output: PathBuf,
@@ -73,6 +77,7 @@ pub struct Report {
     /// libtorch's intra-op thread count during the run.
     pub threads: i32,
     pub train_images: usize,
+    pub labelled_anomalies: usize,
     pub test_images: usize,
     /// Training images processed per second over both phases.
     pub images_per_second: f64,
@@ -105,12 +110,7 @@ struct Timing {
 pub fn main(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref()).context("failed to load the config")?;
     kka_shared::telemetry::init(&config.telemetry, false);
-    if args.detector.needs_anomalies() {
-        bail!(
-            "{} needs labelled anomalies, but `kka-worker baseline` trains on normal images only; use --detector deep-svdd, or run an experiment with kka-coordinator",
-            args.detector
-        );
-    }
+    check_anomaly_option(args.detector, args.anomalies.as_deref())?;
     check_output_folder(&args.output)?;
     let settings = detector_settings(&config, &args)?;
     let device_setting = args.device.unwrap_or(config.worker.device);
@@ -123,14 +123,20 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("failed to load the {:?} dataset at {}", config.dataset.format, config.dataset.path.display()))?;
     let data_seconds = data_started.elapsed().as_secs_f64();
 
-    let (detector, timing) = train(&data, &settings, device)?;
+    let anomalies = match &args.anomalies {
+        Some(folder) => Some(load_anomaly_folder(folder, data.shape)?),
+        None => None,
+    };
+    let (detector, timing) = train(&data, anomalies.as_ref(), &settings, device)?;
     let evaluation_started = Instant::now();
     let scores = detector.score(&data.test.images).context("failed to score the test split")?;
     let auroc = auroc(&scores, &data.test_is_anomaly)?;
     let aupr = aupr(&scores, &data.test_is_anomaly)?;
     let evaluation_seconds = evaluation_started.elapsed().as_secs_f64();
 
-    let report = build_report(&args, &settings, &data, detector.as_ref(), device_setting, &timing, [auroc, aupr, data_seconds, evaluation_seconds]);
+    let mut report =
+        build_report(&args, &settings, &data, detector.as_ref(), device_setting, &timing, [auroc, aupr, data_seconds, evaluation_seconds]);
+    report.labelled_anomalies = anomalies.as_ref().map_or(0, |images| images.size()[0] as usize);
     write_report(&args.output, &report)?;
     println!(
         "{} class {} ({}): AUROC {:.4}, AUPR {:.4}, {} + {} epochs in {:.1} s ({:.0} images/s), peak RSS {} MiB",
@@ -158,8 +164,13 @@ fn detector_settings(config: &Config, args: &Args) -> anyhow::Result<DetectorSet
     Ok(settings)
 }
 
-fn train(data: &OneClassData, settings: &DetectorSettings, device: tch::Device) -> anyhow::Result<(Box<dyn Detector>, Timing)> {
-    let mut training = Training::new(data, None, settings, device).context("failed to set up training")?;
+fn train(
+    data: &OneClassData,
+    anomalies: Option<&tch::Tensor>,
+    settings: &DetectorSettings,
+    device: tch::Device,
+) -> anyhow::Result<(Box<dyn Detector>, Timing)> {
+    let mut training = Training::new(data, anomalies, settings, device).context("failed to set up training")?;
     let mut timing = Timing::default();
     while !training.is_finished() {
         let report = training.run_epoch().context("training failed")?;
@@ -205,6 +216,7 @@ fn build_report(
         device: device.to_string(),
         threads: tch::get_num_threads(),
         train_images: data.train.len(),
+        labelled_anomalies: 0,
         test_images: data.test.len(),
         images_per_second: timing.images as f64 / train_seconds.max(f64::MIN_POSITIVE),
         pretrain_images_per_second: (timing.pretrain_seconds > 0.0).then(|| timing.pretrain_images as f64 / timing.pretrain_seconds),
@@ -216,6 +228,52 @@ fn build_report(
         peak_rss_bytes: peak_rss_bytes(),
         dataset_fingerprint: data.fingerprint.clone(),
     }
+}
+
+/// Reject a detector that needs labelled anomalies without `--anomalies`, and Deep SVDD with it.
+fn check_anomaly_option(kind: DetectorKind, anomalies: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match (kind.needs_anomalies(), anomalies) {
+        (true, None) => bail!(
+            "{kind} needs labelled anomalies; pass a folder of anomaly images with --anomalies DIR (such as the output of `kka-worker generate`), or use --detector deep-svdd"
+        ),
+        (false, Some(folder)) => bail!(
+            "deep-svdd trains without labelled anomalies, so --anomalies {} would be ignored; use --detector deep-sad or outlier-exposure, or drop --anomalies",
+            folder.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Load the PNG and JPEG images directly inside `folder`, sorted by name, as an N×C×H×W tensor
+/// of [0, 1] values. Every image must have the dataset's `shape`.
+fn load_anomaly_folder(folder: &std::path::Path, shape: [i64; 3]) -> anyhow::Result<tch::Tensor> {
+    let entries = std::fs::read_dir(folder).with_context(|| format!("failed to read the --anomalies folder {}", folder.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("failed to read the --anomalies folder {}", folder.display()))?.path();
+        let is_sheet = path.file_name().is_some_and(|name| name == kka_shared::export::CONTACT_SHEET_FILE);
+        if path.is_file() && kka_shared::dataset::is_image(&path) && !is_sheet {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        bail!("the --anomalies folder {} has no PNG or JPEG images", folder.display());
+    }
+
+    let expected = shape.map(|dim| dim as usize);
+    let mut pixels = Vec::with_capacity(paths.len() * expected.iter().product::<usize>());
+    for path in &paths {
+        let bytes = std::fs::read(path).with_context(|| format!("failed to read anomaly image {}", path.display()))?;
+        let (found, image) = crate::data::folder::decode(path, &bytes)?;
+        if found != expected {
+            bail!("anomaly image {} has shape {found:?} (C, H, W) but the dataset images have {expected:?}; generate anomalies from this dataset", path.display());
+        }
+        pixels.extend_from_slice(&image);
+    }
+    let [c, h, w] = shape;
+    let images = tch::Tensor::f_from_slice(&pixels)?.f_view([paths.len() as i64, c, h, w])?.f_to_kind(tch::Kind::Float)?.f_div_scalar(255.0)?;
+    Ok(images)
 }
 
 /// Fail before training, not after, when the report cannot be written.
@@ -253,6 +311,35 @@ mod tests {
         assert_eq!(parse_kind("outlier-exposure").unwrap(), DetectorKind::OutlierExposure);
         let error = parse_kind("svm").unwrap_err();
         assert!(error.contains("svm"), "{error}");
+    }
+
+    #[test]
+    fn anomaly_option_matches_detector() {
+        let folder = std::path::Path::new("anomalies");
+        assert!(check_anomaly_option(DetectorKind::DeepSvdd, None).is_ok());
+        assert!(check_anomaly_option(DetectorKind::DeepSad, Some(folder)).is_ok());
+        let error = check_anomaly_option(DetectorKind::OutlierExposure, None).unwrap_err().to_string();
+        assert!(error.contains("--anomalies"), "{error}");
+        let error = check_anomaly_option(DetectorKind::DeepSvdd, Some(folder)).unwrap_err().to_string();
+        assert!(error.contains("ignored"), "{error}");
+    }
+
+    #[test]
+    fn anomaly_folder_skips_contact_sheet_and_checks_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([255])).save(dir.path().join("b.png")).unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([0])).save(dir.path().join("a.png")).unwrap();
+        image::RgbImage::new(100, 50).save(dir.path().join(kka_shared::export::CONTACT_SHEET_FILE)).unwrap();
+        std::fs::write(dir.path().join("manifest.json"), "[]").unwrap();
+
+        let images = load_anomaly_folder(dir.path(), [1, 28, 28]).unwrap();
+        assert_eq!(images.size(), vec![2, 1, 28, 28]);
+        // Sorted by name: a.png (black) comes first.
+        assert_eq!(images.get(0).max().double_value(&[]), 0.0);
+        assert_eq!(images.get(1).min().double_value(&[]), 1.0);
+
+        let error = load_anomaly_folder(dir.path(), [3, 32, 32]).unwrap_err().to_string();
+        assert!(error.contains("a.png"), "{error}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn locate(root: &Path, path: PathBuf) -> Result<Entry, DataError> {
 }
 
 /// Decode an image into C×H×W u8 pixels, with one channel for grayscale and three otherwise.
-fn decode(path: &Path, bytes: &[u8]) -> Result<([usize; 3], Vec<u8>), DataError> {
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<([usize; 3], Vec<u8>), DataError> {
     let image = image::load_from_memory(bytes).map_err(|source| DataError::Image { path: path.to_owned(), source })?;
     let (width, height) = (image.width() as usize, image.height() as usize);
     if !image.color().has_color() {
