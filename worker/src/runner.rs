@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kka_shared::broker::{Broker, BrokerError, Consumer, DeliveryHandle, Incoming, Outgoing};
@@ -59,17 +59,37 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::tasks::generate::GenerateHandler;
+use crate::tasks::score::ScoreHandler;
+use crate::tasks::train::TrainHandler;
 use crate::tasks::{HandlerOutput, TaskContext, TaskError, TaskHandler};
 
 /// The handler of each task kind this worker can run.
 pub type Handlers = HashMap<TaskKind, Arc<dyn TaskHandler>>;
 
-/// Build the handler of every task kind that this build can run.
+/// Builds the handler of every task kind that this build can run.
+/// The three libtorch handlers share one dataset cache, so the files are read once per process.
 pub fn handlers(config: &Config) -> Handlers {
-    let _ = config;
+    let dataset_cache = Arc::new(crate::data::DatasetCache::new(config.dataset.clone()));
     let mut handlers: Handlers = HashMap::new();
-    handlers.insert(TaskKind::Noop, Arc::new(NoopHandler));
+    handlers.insert(TaskKind::Noop, builtin_noop());
+    handlers.insert(TaskKind::Generate, Arc::new(GenerateHandler::new(Arc::clone(&dataset_cache), config)));
+    handlers.insert(TaskKind::Score, Arc::new(ScoreHandler::new(Arc::clone(&dataset_cache), config)));
+    handlers.insert(TaskKind::Train, Arc::new(TrainHandler::new(dataset_cache, config)));
     handlers
+}
+
+/// Returns the built-in noop handler. It is one shared instance, so that the runner can tell it
+/// apart from other handlers and run it inline: it does no work, and a blocking thread would
+/// add two thread switches to every no-op task.
+pub fn builtin_noop() -> Arc<dyn TaskHandler> {
+    static NOOP: OnceLock<Arc<NoopHandler>> = OnceLock::new();
+    let noop: Arc<NoopHandler> = Arc::clone(NOOP.get_or_init(|| Arc::new(NoopHandler)));
+    noop
+}
+
+fn is_builtin_noop(handler: &Arc<dyn TaskHandler>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(handler), Arc::as_ptr(&builtin_noop()))
 }
 
 /// Runs no-op tasks: records the completion with the send time, so the coordinator can measure
@@ -510,7 +530,8 @@ impl Shared {
         }
     }
 
-    /// Check the dataset fingerprint, then run the handler on a blocking thread.
+    /// Checks the dataset fingerprint, then runs the handler on a blocking thread, or inline for
+    /// the built-in noop handler.
     async fn call_handler(&self, task: &Arc<TaskMessage>) -> HandlerResult {
         if let Err(error) = self.check_fingerprint(task) {
             return HandlerResult::Error(error);
@@ -528,12 +549,16 @@ impl Shared {
             slice_deadline: Instant::now() + Duration::from_secs(self.config.worker.task_slice_secs),
         };
         let task = Arc::clone(task);
-        let span = tracing::Span::current();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&task, &context)))
-        })
-        .await;
+        let joined = if is_builtin_noop(&handler) {
+            Ok(std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&task, &context))))
+        } else {
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&task, &context)))
+            })
+            .await
+        };
         match joined {
             Ok(Ok(Ok(output))) => HandlerResult::Output(output),
             Ok(Ok(Err(error))) => HandlerResult::Error(error),
@@ -755,6 +780,13 @@ mod tests {
         assert_eq!(max_local_wait(&settings), Duration::from_secs(300));
         settings.task_slice_secs = 1799;
         assert_eq!(max_local_wait(&settings), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_builtin_noop_runs_inline() {
+        assert!(is_builtin_noop(&builtin_noop()));
+        let other: Arc<dyn TaskHandler> = Arc::new(NoopHandler);
+        assert!(!is_builtin_noop(&other));
     }
 
     #[test]
