@@ -8,7 +8,8 @@
 //!    and attempt number;
 //! 3. if Redis already marks the task done, re-sends its completion event from the stored
 //!    summary and acknowledges, without running the body again;
-//! 4. otherwise runs the handler of the task's kind on a blocking thread, catching panics;
+//! 4. otherwise runs the handler of the task's kind on a blocking thread, catching panics (the
+//!    built-in noop handler, which does no work, runs inline);
 //! 5. settles the delivery by the handler's result:
 //!    - `Done`: commits the writes, the done marker and the summary in one Redis transaction,
 //!      publishes the completion event with a confirm, then acknowledges;
