@@ -106,11 +106,13 @@ async fn load_experiment(
 async fn reopen(store: &Store, experiment: &ExperimentId, state: ExperimentState, output: PathBuf) -> anyhow::Result<ExperimentState> {
     if state.status == ExperimentStatus::Failed {
         let failures = store.failures(experiment).await?;
-        let mut pipe = redis::pipe();
-        for task in failures.keys() {
-            store.add_clear_failure(&mut pipe, task);
+        if !failures.is_empty() {
+            let mut pipe = redis::pipe();
+            for task in failures.keys() {
+                store.add_clear_failure(&mut pipe, task);
+            }
+            let () = pipe.query_async(&mut store.connection()).await.context("failed to clear the task failures in Redis")?;
         }
-        let () = pipe.query_async(&mut store.connection()).await.context("failed to clear the task failures in Redis")?;
         tracing::info!(%experiment, cleared = failures.len(), error = state.error.as_deref().unwrap_or(""), "clearing the failure of the last run");
     }
     let state = ExperimentState { status: ExperimentStatus::Running, error: None, output_dir: output, ..state };

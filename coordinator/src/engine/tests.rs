@@ -348,3 +348,21 @@ async fn phase_without_workers_times_out() {
     assert!(message.contains("curriculum.phase_timeout_secs"), "{message}");
     harness.prefix.clean_up().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_failure_event_is_ignored() {
+    let harness = Harness::new("engine-stale", SMALL).await;
+    let planner = harness.create("stale").await;
+    let broker = &harness.services.broker;
+    broker.declare_event_queue(&planner.experiment).await.unwrap();
+    let task = kka_shared::ids::TaskId::new(planner.experiment.clone(), RoundIndex(0), TaskKind::Train, 0);
+    let failed = TaskOutcome::Failed { error: "failed before the resume".into() };
+    broker.publish_event(&CompletionEvent::new(task, WorkerId::new("old").unwrap(), 1.0, failed)).await.unwrap();
+
+    let worker = harness.start_worker(StubMode::Succeed);
+    let report = harness.run(&planner, None).await.expect("a stale failure event does not stop the run");
+    worker.stop();
+
+    assert_eq!(report.status, "finished");
+    harness.prefix.clean_up().await.unwrap();
+}

@@ -130,7 +130,14 @@ impl Engine {
                     let event = &received.event;
                     if phase_ids.contains(&event.task_id) {
                         if let TaskOutcome::Failed { error } = &event.outcome {
-                            return Err(EngineError::TaskFailed { task: event.task_id.clone(), error: error.clone() });
+                            if self.failure_is_current(&event.task_id).await? {
+                                return Err(EngineError::TaskFailed { task: event.task_id.clone(), error: error.clone() });
+                            }
+                            tracing::info!(task = %event.task_id, %error, "ignoring a failure event from before the last resume");
+                            if let Err(error) = received.ack().await {
+                                tracing::warn!(%error, task = %event.task_id, "failed to acknowledge a completion event; it will arrive again");
+                            }
+                            continue;
                         }
                         if counted.insert(event.task_id.clone()) {
                             let received_after = received.incoming.received_at.saturating_duration_since(started).as_secs_f64();
@@ -162,6 +169,13 @@ impl Engine {
         }
         bar.finish_and_clear();
         Ok(timeline)
+    }
+
+    /// Checks that a failure event is not stale: `kka-coordinator resume` clears the failure
+    /// records of a failed experiment, but the failure events of the last run may still wait in
+    /// its event queue. A runner records the failure before it publishes the event.
+    async fn failure_is_current(&self, task: &TaskId) -> Result<bool, EngineError> {
+        Ok(self.services.store.task_failure(task).await?.is_some())
     }
 
     async fn check_failures(&self, phase_ids: &HashSet<&TaskId>) -> Result<(), EngineError> {

@@ -26,9 +26,17 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Environment variable naming another worker binary to start in place of
+/// `target/debug/kka-worker`, such as a release build. It must accept `run --config FILE`.
+pub const WORKER_BINARY_VARIABLE: &str = "KKA_E2E_WORKER";
+
 /// Builds a command for one of the binaries, pointed at the test prefix's broker and store.
 pub fn command(name: &str, prefix: &TestPrefix) -> Command {
-    let mut command = Command::new(binary(name));
+    let path = match std::env::var_os(WORKER_BINARY_VARIABLE) {
+        Some(worker) if name == "kka-worker" => PathBuf::from(worker),
+        _ => binary(name),
+    };
+    let mut command = Command::new(path);
     command
         .env("KKA__BROKER__QUEUE_PREFIX", &prefix.prefix)
         .env("KKA__STORE__KEY_PREFIX", &prefix.prefix)
