@@ -254,10 +254,10 @@ impl Runner {
         }
     }
 
-    /// Register the worker, consume until `shutdown` is cancelled, then stop gracefully: stop
-    /// consuming, let tasks in progress finish for up to `worker.shutdown_grace_secs`, return
-    /// the rest to their queues and remove the liveness record. The broker connection stays
-    /// open for the caller to close.
+    /// Registers the worker and consumes until `shutdown` is cancelled. Then it stops
+    /// gracefully: it stops consuming, lets tasks in progress finish for up to
+    /// `worker.shutdown_grace_secs`, returns the rest to their queues and removes the liveness
+    /// record. The broker connection stays open for the caller to close.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunStats, RunnerError> {
         let shared = &self.shared;
         let dataset = shared.check_dataset().await;
@@ -349,7 +349,7 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Refresh the liveness record every heartbeat until `stop` is cancelled. Logs a failure once
+/// Refreshes the liveness record every heartbeat until `stop` is cancelled. Logs a failure once
 /// per run of failures, and the recovery.
 async fn heartbeat(store: Store, record: WorkerRecord, heartbeat_secs: u64, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(heartbeat_secs));
@@ -384,7 +384,7 @@ enum HandlerResult {
 }
 
 impl Shared {
-    /// Read the dataset files once, on a blocking thread, for the liveness record and the
+    /// Reads the dataset files once, on a blocking thread, for the liveness record and the
     /// fingerprint check.
     async fn check_dataset(&self) -> DatasetStatus {
         let settings = self.config.dataset.clone();
@@ -402,7 +402,7 @@ impl Shared {
         DatasetStatus { format: self.config.dataset.format, path, files_digest, error }
     }
 
-    /// The configured kinds that have a handler and, except noop, a readable dataset.
+    /// Returns the configured kinds that have a handler and, except noop, a readable dataset.
     fn consumed_kinds(&self, dataset: &DatasetStatus) -> Result<Vec<TaskKind>, RunnerError> {
         let mut kinds = Vec::new();
         for kind in &self.config.worker.task_kinds {
@@ -466,7 +466,7 @@ impl Shared {
         self.unsettled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Handle one delivery from arrival to acknowledgement.
+    /// Handles one delivery from arrival to acknowledgement.
     async fn process(self: Arc<Self>, incoming: Incoming, sequence: u64) {
         let slot = tokio::select! {
             slot = Arc::clone(&self.slots).acquire_owned() => slot,
@@ -476,7 +476,7 @@ impl Shared {
                 return;
             }
         };
-        // Acquiring fails only on a closed semaphore, and no code closes this one.
+        // Acquiring fails only on a closed semaphore, and nothing in this module closes `slots`.
         let Ok(slot) = slot else { return };
 
         let waited = incoming.received_at.elapsed();
@@ -568,7 +568,7 @@ impl Shared {
         }
     }
 
-    /// Reject a non-noop task whose dataset fingerprint differs from this worker's data.
+    /// Rejects a non-noop task whose dataset fingerprint differs from this worker's data.
     fn check_fingerprint(&self, task: &TaskMessage) -> Result<(), TaskError> {
         if task.kind() == TaskKind::Noop {
             return Ok(());

@@ -14,7 +14,7 @@ pub struct BrokerSettings {
     pub url: SecretUrl,
     /// Prefix of every queue and exchange name, so that experiments and tests can share a broker.
     pub queue_prefix: String,
-    /// Unacknowledged deliveries a consumer may hold at once.
+    /// Unacknowledged deliveries a consumer may hold at once, per queue it consumes.
     pub prefetch: u16,
     /// AMQP heartbeat interval in seconds; the connection is declared dead after two missed beats.
     pub heartbeat_secs: u16,
