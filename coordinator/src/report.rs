@@ -27,6 +27,9 @@ pub struct Report {
     /// Share of phase wall time during which no task body ran: publishing, queueing, waiting
     /// for events and the coordinator's own work. `null` when no task reported its time.
     pub orchestration_share: Option<f64>,
+    /// The same share per task phase (`generate`, `score`, `train`), over all rounds. Short
+    /// phases show the per-task overhead that the long train phases hide.
+    pub orchestration_share_by_phase: BTreeMap<String, f64>,
     /// Sum of all phases' wall seconds.
     pub total_seconds: f64,
 }
@@ -170,6 +173,7 @@ impl Report {
             rounds,
             phase_seconds,
             orchestration_share: orchestration_share(records.values().flat_map(|r| r.phases.iter())),
+            orchestration_share_by_phase: share_by_phase(records),
             total_seconds: phase_seconds.total(),
         }
     }
@@ -251,15 +255,28 @@ impl Report {
             "\n\"hard new (r-1)\" is the share of the round's new anomalies that the previous round's \
              detector marked hard; \"hard new (r0)\" is the same share under the fixed round-0 detector.\n\n\
              Phase wall seconds: generate {:.1}, score {:.1}, split {:.1}, train {:.1}, total {:.1}. \
-             Orchestration share (phase wall time with no task body running): {}.\n",
+             Orchestration share (phase wall time with no task body running): {}{}.\n",
             self.phase_seconds.generate,
             self.phase_seconds.score,
             self.phase_seconds.split,
             self.phase_seconds.train,
             self.total_seconds,
-            self.orchestration_share.map_or("unknown".to_owned(), |share| format!("{:.1} %", share * 100.0))
+            self.orchestration_share.map_or("unknown".to_owned(), |share| format!("{:.1} %", share * 100.0)),
+            self.per_phase_shares()
         );
         text
+    }
+}
+
+impl Report {
+    /// Formats the per-phase orchestration shares as " (generate 1.2 %, ...)", or "" without any.
+    fn per_phase_shares(&self) -> String {
+        if self.orchestration_share_by_phase.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> =
+            self.orchestration_share_by_phase.iter().map(|(phase, share)| format!("{phase} {:.1} %", share * 100.0)).collect();
+        format!(" ({})", parts.join(", "))
     }
 }
 
@@ -302,6 +319,17 @@ pub fn orchestration_share<'a>(phases: impl Iterator<Item = (&'a Phase, &'a Phas
     } else {
         None
     }
+}
+
+fn share_by_phase(records: &BTreeMap<u32, RoundRecord>) -> BTreeMap<String, f64> {
+    let mut shares = BTreeMap::new();
+    for phase in [Phase::Generate, Phase::Score, Phase::Train] {
+        let phases = records.values().flat_map(|r| r.phases.iter()).filter(|(p, _)| **p == phase);
+        if let Some(share) = orchestration_share(phases) {
+            shares.insert(phase.to_string(), share);
+        }
+    }
+    shares
 }
 
 fn optional(value: Option<f64>) -> String {
@@ -416,6 +444,16 @@ mod tests {
         let report = Report::build("exp-1", &config(), &state(), &records());
         let share = report.orchestration_share.unwrap();
         assert!((share - 5.0 / 27.0).abs() < 1e-12, "{share}");
+    }
+
+    #[test]
+    fn orchestration_share_by_phase_separates_phases() {
+        let report = Report::build("exp-1", &config(), &state(), &records());
+        let shares = &report.orchestration_share_by_phase;
+        assert!((shares["train"] - 2.0 / 20.0).abs() < 1e-12, "{shares:?}");
+        assert!((shares["generate"] - 1.0 / 4.0).abs() < 1e-12, "{shares:?}");
+        assert!((shares["score"] - 0.5).abs() < 1e-12, "{shares:?}");
+        assert!(!shares.contains_key("split"));
     }
 
     #[test]
