@@ -1,5 +1,6 @@
-//! Resuming: an experiment stopped after round 1 and continued with `kka-coordinator resume`
-//! ends with the same pools, scores and AUROCs as an uninterrupted experiment with the same seed.
+//! Resuming: an experiment stopped after round 1, and one killed with SIGKILL during round 2,
+//! each continued with `kka-coordinator resume`, end with the same pools, scores and AUROCs as
+//! an uninterrupted experiment with the same seed.
 
 mod support;
 
@@ -63,6 +64,7 @@ async fn resumed_experiment_equals_uninterrupted_one() {
     let workers = support::Workers::start(&prefix, &config, 2, dir.path());
     let straight = prefix.experiment("straight");
     let resumed = prefix.experiment("resumed");
+    let killed = prefix.experiment("killed");
 
     let mut run = command("kka-coordinator", &prefix);
     run.arg("run").arg("--config").arg(&config).arg("--experiment").arg("straight").arg("--output").arg(dir.path());
@@ -92,16 +94,48 @@ async fn resumed_experiment_equals_uninterrupted_one() {
     second.arg("resume").arg("resumed").arg("--config").arg(&config);
     let finished = finish(second, RUN_LIMIT).await;
     assert!(finished.success, "the resumed run failed:\n{}", finished.stderr);
+
+    kill_once_round_two_starts(&prefix, &config, dir.path(), &store, &killed).await;
+    let mut after_kill = command("kka-coordinator", &prefix);
+    after_kill.arg("resume").arg("killed").arg("--config").arg(&config);
+    let finished = finish(after_kill, RUN_LIMIT).await;
+    assert!(finished.success, "the run resumed after SIGKILL failed:\n{}", finished.stderr);
     workers.stop().await;
 
     let expected = outcome(&store, &straight).await;
-    let actual = outcome(&store, &resumed).await;
-    assert_eq!(expected.hard, actual.hard, "hard pools differ");
-    assert_eq!(expected.easy, actual.easy, "easy pools differ");
-    assert_eq!(expected.scores, actual.scores, "scores differ");
     let straight_report = support::read_report(dir.path(), "straight");
-    let resumed_report = support::read_report(dir.path(), "resumed");
-    assert_eq!(aurocs(&straight_report), aurocs(&resumed_report));
-    assert_eq!(resumed_report["status"], "finished");
+    for (experiment, name) in [(&resumed, "resumed"), (&killed, "killed")] {
+        let actual = outcome(&store, experiment).await;
+        assert_eq!(expected.hard, actual.hard, "hard pools of {name} differ");
+        assert_eq!(expected.easy, actual.easy, "easy pools of {name} differ");
+        assert_eq!(expected.scores, actual.scores, "scores of {name} differ");
+        let report = support::read_report(dir.path(), name);
+        assert_eq!(aurocs(&straight_report), aurocs(&report), "AUROCs of {name} differ");
+        assert_eq!(report["status"], "finished");
+    }
     prefix.clean_up().await.unwrap();
+}
+
+/// Starts experiment `killed`, polls Redis until its round 2 has started and kills the
+/// coordinator with SIGKILL, as a crash would.
+async fn kill_once_round_two_starts(prefix: &TestPrefix, config: &std::path::Path, output: &std::path::Path, store: &Store, killed: &ExperimentId) {
+    let mut run = command("kka-coordinator", prefix);
+    run.arg("run").arg("--config").arg(config).arg("--experiment").arg("killed").arg("--output").arg(output);
+    run.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = run.spawn().expect("spawn kka-coordinator");
+
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    loop {
+        let state = store.experiment_state(killed).await.unwrap();
+        if state.as_ref().is_some_and(|state| state.round >= RoundIndex(2)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "round 2 of {killed} never started");
+        assert!(child.try_wait().unwrap().is_none(), "the coordinator exited before round 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.expect("kill the coordinator");
+
+    let state = store.experiment_state(killed).await.unwrap().expect("state of the killed experiment");
+    assert_eq!(state.status, kka_shared::store::experiments::ExperimentStatus::Running, "the kill came too late to interrupt");
 }
