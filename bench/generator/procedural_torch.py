@@ -247,8 +247,18 @@ def op_rotate(cv, x, donors, items):
 
 
 def op_flip(cv, x, donors, items):
-    band = (cv.xs - 0.5).abs() <= column([s / 2 for _, s in items])
-    return torch.where(band, x.flip(3), x)
+    # Every item has the default axis 0, a left-right flip of a vertical band.
+    axes = [0] * len(items)
+    result = x.clone()
+    for axis, dim, centres in [(0, 3, cv.xs), (1, 2, cv.ys)]:
+        rows = [i for i, item_axis in enumerate(axes) if item_axis == axis]
+        if not rows:
+            continue
+        index = torch.tensor(rows)
+        subset = x[index]
+        band = (centres - 0.5).abs() <= column([items[i][1] / 2 for i in rows])
+        result[index] = torch.where(band, subset.flip(dim), subset)
+    return result
 
 
 def op_squeeze(cv, x, donors, items):
@@ -256,7 +266,8 @@ def op_squeeze(cv, x, donors, items):
     for rng, s in items:
         sign = 1 if rng.random() < 0.5 else -1
         inverse = 1.0 / max(1 + sign * 0.5 * s, 0.05)
-        thetas.append([inverse, 0, 0, 0, 1, 0])
+        axis = 0
+        thetas.append([inverse, 0, 0, 0, 1, 0] if axis == 0 else [1, 0, 0, 0, inverse, 0])
     return affine(x, thetas)
 
 
@@ -282,27 +293,45 @@ def op_fill_gaps(cv, x, donors, items):
 
 
 def op_stripes(cv, x, donors, items):
-    cos, sin, pu, pv, strength = [], [], [], [], []
+    cos, sin, frequency, pu, pv, checks, strength = [], [], [], [], [], [], []
     for rng, s in items:
-        angle = math.radians(rng.uniform(0, 180))
-        cos.append(math.cos(angle)), sin.append(math.sin(angle))
-        pu.append(rng.uniform(0, math.tau)), pv.append(rng.uniform(0, math.tau)), strength.append(s)
+        angle = -1.0
+        angle = rng.uniform(0, 180) if angle < 0 else angle
+        cos.append(math.cos(math.radians(angle))), sin.append(math.sin(math.radians(angle)))
+        frequency.append(math.tau / 0.2)
+        pu.append(rng.uniform(0, math.tau)), pv.append(rng.uniform(0, math.tau))
+        checks.append(0.0), strength.append(s)
     xs, ys = cv.xs - 0.5, cv.ys - 0.5
     u = xs * column(cos) + ys * column(sin)
-    frequency = math.tau / 0.2
-    pattern = ((u * frequency + column(pu)).sin() > 0).float()
+    v = ys * column(cos) - xs * column(sin)
+    first = ((u * column(frequency) + column(pu)).sin() > 0).float()
+    if any(c > 0 for c in checks):
+        second = ((v * column(frequency) + column(pv)).sin() > 0).float()
+        pattern = blend(first, first + second - 2 * first * second, column(checks))
+    else:
+        pattern = first
     border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2).median(dim=2, keepdim=True).values.unsqueeze(3)
     silhouette = (((x - border).abs().mean(dim=1, keepdim=True) - 0.06) / 0.1).clamp(0, 1)
     return blend(x, 1.0 - x, pattern * silhouette * column(strength))
 
 
 def op_part_swap(cv, x, donors, items):
-    thetas = []
+    thetas, cuts, horizontal = [], [], []
     for rng, s in items:
         shift = 2 * 0.3 * s * (1 if rng.random() < 0.5 else -1)
-        thetas.append([1, 0, shift, 0, 1, 0])
-    below = (cv.ys >= column([0.5] * len(items))).float()
-    return blend(x, affine(donors, thetas), below)
+        top_bottom = False  # the default axis 0 cuts left from right
+        thetas.append([1, 0, shift, 0, 1, 0] if top_bottom else [1, 0, 0, 0, 1, shift])
+        cuts.append(0.5), horizontal.append(1.0 if top_bottom else 0.0)
+    moved = affine(donors, thetas)
+    below = lambda: (cv.ys >= column(cuts)).float()
+    right = lambda: (cv.xs >= column(cuts)).float()
+    if all(h == 1.0 for h in horizontal):
+        side = below()
+    elif all(h == 0.0 for h in horizontal):
+        side = right()
+    else:
+        side = blend(right(), below(), column(horizontal))
+    return blend(x, moved, side)
 
 
 OPERATIONS = {name: globals()[f"op_{name}"] for name in LOCAL + GLOBAL}
@@ -348,8 +377,10 @@ def main():
         for family, operations in cases:
             generate(images, operations, args.batch, args.batch, 0)
             started = time.perf_counter()
+            cpu_started = time.thread_time()
             output = generate(images, operations, args.count, args.batch, 1)
             seconds = time.perf_counter() - started
+            cpu_seconds = time.thread_time() - cpu_started
             print(json.dumps({
                 "implementation": "python-torch",
                 "shape": f"{channels}x{side}x{side}",
@@ -357,7 +388,9 @@ def main():
                 "images": int(output.shape[0]),
                 "batch": args.batch,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "images_per_second": output.shape[0] / seconds,
+                "images_per_cpu_second": output.shape[0] / cpu_seconds,
             }), flush=True)
 
 

@@ -1,4 +1,5 @@
-//! Throughput of the procedural generator, in images per second on one libtorch thread.
+//! Throughput of the procedural generator on one libtorch thread, in images per second of wall
+//! time and of the thread's CPU time.
 //!
 //! `cargo run --release -p kka-worker --example bench_generator -- [--count N] [--batch B]
 //! [--per-operation] [--case NAME]` prints one JSON line per (shape, family) case, and per
@@ -57,8 +58,10 @@ fn main() -> anyhow::Result<()> {
             generate_anomalies(&warm_up, &mut ProceduralGenerator, &|| false)?;
 
             let started = Instant::now();
+            let cpu_started = thread_cpu_seconds();
             let generated = generate_anomalies(&job, &mut ProceduralGenerator, &|| false)?;
             let seconds = started.elapsed().as_secs_f64();
+            let cpu_seconds = thread_cpu_seconds() - cpu_started;
             println!(
                 "{}",
                 serde_json::json!({
@@ -68,7 +71,9 @@ fn main() -> anyhow::Result<()> {
                     "images": generated.len(),
                     "batch": batch_size,
                     "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
                     "images_per_second": generated.len() as f64 / seconds,
+                    "images_per_cpu_second": generated.len() as f64 / cpu_seconds,
                 })
             );
         }
@@ -90,6 +95,15 @@ fn concepts(family: &str) -> Vec<Concept> {
         .map(|spec| Concept::new(spec.name, spec.name, spec.name, &BTreeMap::new(), None, None))
         .collect::<Result<_, _>>()
         .expect("catalogue defaults are valid")
+}
+
+/// CPU time of the calling thread in seconds, from Linux's /proc/thread-self/schedstat. Unlike
+/// wall time it excludes time spent waiting for other processes, so it stays comparable on a
+/// busy machine. Returns 0 where the file is missing.
+fn thread_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanoseconds: f64 = text.split_whitespace().next().and_then(|field| field.parse().ok()).unwrap_or(0.0);
+    nanoseconds / 1e9
 }
 
 fn flag(args: &[String], name: &str) -> Option<u32> {

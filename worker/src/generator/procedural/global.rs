@@ -123,10 +123,14 @@ pub fn stripes(canvas: &Canvas, images: &Tensor, items: &mut [OpItem<'_>]) -> Tc
     let v = y.f_mul(&cos)?.f_sub(&x.f_mul(&sin)?)?;
     let frequency = canvas.column(&frequency)?;
     let first = square_wave(&u, &frequency, &canvas.column(&phase_u)?)?;
-    let second = square_wave(&v, &frequency, &canvas.column(&phase_v)?)?;
-    // Checks are first XOR second, which is a + b - 2ab for a, b in {0, 1}.
-    let xor = first.f_add(&second)?.f_sub(&first.f_mul(&second)?.f_mul_scalar(2.0)?)?;
-    let pattern = blend(&first, &xor, &canvas.column(&checks)?)?;
+    let pattern = if checks.iter().any(|&value| value > 0.0) {
+        let second = square_wave(&v, &frequency, &canvas.column(&phase_v)?)?;
+        // Checks are first XOR second, which is a + b - 2ab for a, b in {0, 1}.
+        let xor = first.f_add(&second)?.f_sub(&first.f_mul(&second)?.f_mul_scalar(2.0)?)?;
+        blend(&first, &xor, &canvas.column(&checks)?)?
+    } else {
+        first
+    };
 
     let weight = pattern.f_mul(&silhouette(canvas, images)?)?.f_mul(&canvas.column(&strength)?)?;
     blend(images, &images.f_neg()?.f_add_scalar(1.0)?, &weight)
@@ -162,8 +166,14 @@ pub fn part_swap(canvas: &Canvas, images: &Tensor, donors: &Tensor, items: &mut 
 
     let moved = affine(donors, &thetas)?;
     let cuts = canvas.column(&cuts)?;
-    let below = canvas.ys.f_ge_tensor(&cuts)?.f_to_dtype(Kind::Float, false, false)?;
-    let right = canvas.xs.f_ge_tensor(&cuts)?.f_to_dtype(Kind::Float, false, false)?;
-    let donor_side = blend(&right, &below, &canvas.column(&horizontal)?)?;
+    let below = || canvas.ys.f_ge_tensor(&cuts)?.f_to_dtype(Kind::Float, false, false);
+    let right = || canvas.xs.f_ge_tensor(&cuts)?.f_to_dtype(Kind::Float, false, false);
+    let donor_side = if horizontal.iter().all(|&value| value == 1.0) {
+        below()?
+    } else if horizontal.iter().all(|&value| value == 0.0) {
+        right()?
+    } else {
+        blend(&right()?, &below()?, &canvas.column(&horizontal)?)?
+    };
     blend(images, &moved, &donor_side)
 }
