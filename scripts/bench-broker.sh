@@ -36,6 +36,9 @@ out_dir="$root/bench-out"
 mkdir -p "$out_dir"
 stamp="$(date +%s)"
 
+# Other jobs on the machine change every figure here, so the load is recorded with them.
+load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "load average at start: $load_at_start"
 log "kka: $tasks tasks at once, then $latency_tasks one at a time"
 kka_json="$(target/release/kka-coordinator bench --tasks "$tasks" --latency-tasks "$latency_tasks" --json)"
 
@@ -72,11 +75,13 @@ celery_confirm_json="$(run_celery 1)"
 log "Celery without publisher confirms (its default)"
 celery_default_json="$(run_celery 0)"
 
-"$root/.venv/bin/python" - "$kka_json" "$celery_confirm_json" "$celery_default_json" "$out_dir/broker-$stamp.json" <<'PY'
+"$root/.venv/bin/python" - "$kka_json" "$celery_confirm_json" "$celery_default_json" "$out_dir/broker-$stamp.json" \
+    "$load_at_start" <<'PY'
 import json
 import sys
 
-kka, confirm, default, path = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+kka, confirm, default = (json.loads(argument) for argument in sys.argv[1:4])
+path, load = sys.argv[4], sys.argv[5]
 
 def line(name, result):
     t, l = result["throughput"], result["latency"]
@@ -90,7 +95,9 @@ best = max(confirm["throughput"]["tasks_per_sec"], default["throughput"]["tasks_
 fastest_p50 = min(confirm["latency"]["p50_ms"], default["latency"]["p50_ms"])
 print(f"kka / best Celery throughput: {kka['throughput']['tasks_per_sec'] / best:.1f}x; "
       f"p50 one at a time: kka {kka['latency']['p50_ms']:.3f} ms vs Celery {fastest_p50:.3f} ms")
+print(f"load average at start: {load}")
 with open(path, "w") as file:
-    json.dump({"kka": kka, "celery_confirms": confirm, "celery_no_confirms": default}, file, indent=2)
+    record = {"kka": kka, "celery_confirms": confirm, "celery_no_confirms": default, "load_average": load}
+    json.dump(record, file, indent=2)
 print(f"results written to {path}")
 PY
