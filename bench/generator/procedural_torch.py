@@ -339,25 +339,34 @@ OPERATIONS = {name: globals()[f"op_{name}"] for name in LOCAL + GLOBAL}
 
 def generate(images, operations, count, batch, seed):
     n = images.shape[0]
+    plans = []
+    for index in range(count):
+        rng = random.Random(seed * 1_000_003 + index)
+        plans.append((rng.choice(operations), 0.05 + 0.95 * rng.random(), rng.randrange(n), rng.randrange(n), rng, index))
+    # Sort by operation so each batch holds few operations, each in one run of rows.
+    order = {name: position for position, name in enumerate(operations)}
+    plans.sort(key=lambda plan: order[plan[0]])
+
     out = []
     for start in range(0, count, batch):
-        plans = []
-        for index in range(start, min(start + batch, count)):
-            rng = random.Random(seed * 1_000_003 + index)
-            plans.append((rng.choice(operations), 0.05 + 0.95 * rng.random(), rng.randrange(n), rng.randrange(n), rng))
-        sources = images[torch.tensor([p[2] for p in plans])]
-        donors = images[torch.tensor([p[3] for p in plans])]
-        result = torch.zeros_like(sources)
-        for name in operations:
-            rows = [i for i, p in enumerate(plans) if p[0] == name]
-            if not rows:
-                continue
-            index = torch.tensor(rows)
-            items = [(plans[i][4], plans[i][1]) for i in rows]
-            subset = sources[index]
-            result[index] = OPERATIONS[name](Canvas(subset), subset, donors[index], items)
-        out.append((result.clamp(0, 1) * 255).round().to(torch.uint8))
-    return torch.cat(out)
+        chunk = plans[start : start + batch]
+        sources = images[torch.tensor([p[2] for p in chunk])]
+        donors = images[torch.tensor([p[3] for p in chunk])]
+        parts = []
+        first = 0
+        while first < len(chunk):
+            name = chunk[first][0]
+            last = first
+            while last < len(chunk) and chunk[last][0] == name:
+                last += 1
+            items = [(p[4], p[1]) for p in chunk[first:last]]
+            subset = sources[first:last]
+            parts.append(OPERATIONS[name](Canvas(subset), subset, donors[first:last], items))
+            first = last
+        out.append((torch.cat(parts).clamp(0, 1) * 255).round().to(torch.uint8))
+    pixels = torch.cat(out)
+    # Back to index order.
+    return pixels[torch.tensor([p[5] for p in plans]).argsort()]
 
 
 def main():

@@ -51,6 +51,30 @@ fn same_seed_same_pixels_any_batching() {
 }
 
 #[test]
+fn unsorted_batch_matches_pipeline() {
+    let images = synthetic_batch(10, 1, 28, 28);
+    let concepts = all_operations();
+    let sampler = Sampler::new(&concepts, &GeneratorState::default(), 0.0, 1.0, 5).unwrap();
+    let indices: Vec<u32> = (0..10).collect();
+    let expected = pixels_of(&images, &concepts, 0..48, 48);
+
+    // Plans in index order mix operations, so the generator takes its scatter path.
+    let plans: Vec<_> = (0..48).map(|i| sampler.plan(&concepts, 11, i, indices.len())).collect();
+    let rows = |pick: fn(&kka_worker::generator::AnomalyPlan) -> usize| {
+        let rows: Vec<i64> = plans.iter().map(|plan| pick(plan) as i64).collect();
+        images.index_select(0, &Tensor::from_slice(&rows))
+    };
+    let sources = rows(|plan| plan.source_row);
+    let donors = rows(|plan| plan.donor_row);
+    let batch = Batch { plans: &plans, concepts: &concepts, sources: &sources, donors: &donors };
+    let output = ProceduralGenerator.generate(&batch).unwrap();
+    let pixels = kka_worker::generator::pipeline::to_pixels(&output).unwrap();
+    for (index, image) in pixels.chunks(28 * 28).enumerate() {
+        assert_eq!(image, &expected[index][..], "anomaly {index}");
+    }
+}
+
+#[test]
 fn rgb_output_is_deterministic() {
     let images = synthetic_batch(6, 3, 32, 32);
     let concepts = all_operations();

@@ -92,6 +92,13 @@ pub trait Generator {
         false
     }
 
+    /// Return the batching key of `concept`. The pipeline sorts plans by this key before it
+    /// cuts batches, so plans with the same key share batches and sit next to each other.
+    /// The default keeps the plans in index order.
+    fn batch_key(&self, _concept: &Concept) -> usize {
+        0
+    }
+
     /// Generate one image per plan: f32 N×C×H×W in [0, 1], the shape of `batch.sources`.
     fn generate(&mut self, batch: &Batch<'_>) -> Result<Tensor, GeneratorError>;
 }

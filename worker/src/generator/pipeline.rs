@@ -49,8 +49,11 @@ pub fn generate_anomalies(
         return Err(GeneratorError::NoSources);
     }
 
-    let plans: Vec<AnomalyPlan> =
+    let mut plans: Vec<AnomalyPlan> =
         job.range.clone().map(|index| job.sampler.plan(job.concepts, job.seed, index, rows as usize)).collect();
+    // An anomaly's pixels do not depend on its batch, so batches may follow the generator's
+    // preferred grouping. The result is put back in index order below.
+    plans.sort_by_key(|plan| generator.batch_key(&job.concepts[plan.concept]));
     let mut generated = Vec::with_capacity(plans.len());
     for chunk in plans.chunks(job.batch_size.max(1)) {
         if cancelled() {
@@ -77,6 +80,7 @@ pub fn generate_anomalies(
             generated.push(GeneratedAnomaly { plan: plan.clone(), pixels: image.to_vec(), source_index });
         }
     }
+    generated.sort_by_key(|anomaly| anomaly.plan.index);
     Ok(generated)
 }
 

@@ -10,10 +10,10 @@ mod local;
 mod noise;
 pub mod tensors;
 
-use kka_shared::prompt::OPERATIONS;
+use kka_shared::prompt::{operation_index, OPERATIONS};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::plan::edit_rng;
 use super::{Batch, Generator, GeneratorError};
@@ -100,26 +100,56 @@ impl Generator for ProceduralGenerator {
         uses_donor(&concept.operation)
     }
 
+    fn batch_key(&self, concept: &Concept) -> usize {
+        operation_index(&concept.operation).unwrap_or(usize::MAX)
+    }
+
     fn generate(&mut self, batch: &Batch<'_>) -> Result<Tensor, GeneratorError> {
         let tensor_error = |operation: &str| {
             let operation = operation.to_owned();
             move |source| GeneratorError::Tensor { operation, source }
         };
-        let mut result = batch.sources.f_zeros_like().map_err(tensor_error("allocate output"))?;
+        let groups = operation_groups(batch);
 
-        for spec in OPERATIONS {
-            let rows: Vec<i64> = (0..batch.plans.len() as i64)
-                .filter(|&row| batch.concept_of(row as usize).operation == spec.name)
-                .collect();
-            if rows.is_empty() {
-                continue;
+        // The pipeline sorts plans by operation, so each group is usually one run of rows and
+        // the edited runs can be joined in order without a scatter.
+        if groups.iter().all(|(_, rows)| is_run(rows)) {
+            let mut parts = Vec::with_capacity(groups.len());
+            let mut ordered: Vec<(i64, &str, &[i64])> = groups.iter().map(|(name, rows)| (rows[0], *name, &rows[..])).collect();
+            ordered.sort_by_key(|(first, _, _)| *first);
+            for (_, name, rows) in ordered {
+                parts.push(apply_group(batch, name, rows).map_err(tensor_error(name))?);
             }
-            let edited = apply_group(batch, spec.name, &rows).map_err(tensor_error(spec.name))?;
-            let index = Tensor::f_from_slice(&rows).and_then(|t| t.f_to(batch.sources.device())).map_err(tensor_error(spec.name))?;
-            let _ = result.f_index_copy_(0, &index, &edited).map_err(tensor_error(spec.name))?;
+            let joined = Tensor::f_cat(&parts, 0).map_err(tensor_error("join groups"))?;
+            return joined.f_clamp(0.0, 1.0).map_err(tensor_error("clamp"));
+        }
+
+        let mut result = batch.sources.f_zeros_like().map_err(tensor_error("allocate output"))?;
+        for (name, rows) in &groups {
+            let edited = apply_group(batch, name, rows).map_err(tensor_error(name))?;
+            let index = Tensor::f_from_slice(rows).and_then(|t| t.f_to(batch.sources.device())).map_err(tensor_error(name))?;
+            let _ = result.f_index_copy_(0, &index, &edited).map_err(tensor_error(name))?;
         }
         result.f_clamp(0.0, 1.0).map_err(tensor_error("clamp"))
     }
+}
+
+/// Rows of the batch per operation, in catalogue order.
+fn operation_groups<'a>(batch: &Batch<'a>) -> Vec<(&'static str, Vec<i64>)> {
+    OPERATIONS
+        .iter()
+        .map(|spec| {
+            let rows: Vec<i64> =
+                (0..batch.plans.len() as i64).filter(|&row| batch.concept_of(row as usize).operation == spec.name).collect();
+            (spec.name, rows)
+        })
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect()
+}
+
+/// Whether rows are consecutive, such as 4, 5, 6.
+fn is_run(rows: &[i64]) -> bool {
+    rows.windows(2).all(|pair| pair[1] == pair[0] + 1)
 }
 
 /// Whether an operation pastes from a donor image.
@@ -127,15 +157,19 @@ fn uses_donor(operation: &str) -> bool {
     matches!(operation, "cutpaste" | "part_swap")
 }
 
-/// Run one operation on the rows of the batch that use it.
+/// Run one operation on the rows of the batch that use it. A run of rows is sliced without a
+/// copy.
 fn apply_group(batch: &Batch<'_>, operation: &str, rows: &[i64]) -> TchResult<Tensor> {
-    let index = Tensor::f_from_slice(rows)?.f_to(batch.sources.device())?;
-    let images = batch.sources.f_index_select(0, &index)?.f_to_dtype(Kind::Float, false, false)?;
-    let donors = if uses_donor(operation) {
-        batch.donors.f_index_select(0, &index)?.f_to_dtype(Kind::Float, false, false)?
-    } else {
-        images.shallow_clone()
+    let select = |tensor: &Tensor| -> TchResult<Tensor> {
+        if is_run(rows) {
+            tensor.f_narrow(0, rows[0], rows.len() as i64)
+        } else {
+            let index = Tensor::f_from_slice(rows)?.f_to(tensor.device())?;
+            tensor.f_index_select(0, &index)
+        }
     };
+    let images = select(batch.sources)?;
+    let donors = if uses_donor(operation) { select(batch.donors)? } else { images.shallow_clone() };
     let mut items: Vec<OpItem<'_>> = rows
         .iter()
         .map(|&row| {
