@@ -25,6 +25,9 @@ app.conf.update(
     # Wait for RabbitMQ's publisher confirm, as kka does for every publish.
     broker_transport_options={"confirm_publish": CONFIRM_PUBLISH},
     worker_hijack_root_logger=False,
+    # Remote control declares the broker-wide exchange celery.pidbox, which the benchmark could
+    # not delete without disturbing other Celery apps on the same broker.
+    worker_enable_remote_control=False,
 )
 
 
