@@ -90,7 +90,7 @@ fn gather(images: &Tensor, rows: impl Iterator<Item = usize>, device: tch::Devic
     images.f_index_select(0, &index)?.f_to(device)?.f_to_dtype(Kind::Float, false, false)
 }
 
-/// u8 pixels of an f32 batch in [0, 1], N×C×H×W flattened; NaN becomes 0.
+/// Convert an f32 batch in [0, 1] to u8 pixels, N×C×H×W flattened. NaN becomes 0.
 pub fn to_pixels(images: &Tensor) -> Result<Vec<u8>, tch::TchError> {
     let bytes = images
         .f_nan_to_num(0.0, 1.0, 0.0)?
@@ -104,7 +104,7 @@ pub fn to_pixels(images: &Tensor) -> Result<Vec<u8>, tch::TchError> {
     Vec::<u8>::try_from(&bytes)
 }
 
-/// u8 pixels of one image of an f32 N×C×H×W batch in [0, 1].
+/// Convert image `row` of an f32 N×C×H×W batch in [0, 1] to u8 pixels.
 pub fn image_pixels(images: &Tensor, row: usize) -> Result<Vec<u8>, tch::TchError> {
     to_pixels(&images.f_narrow(0, row as i64, 1)?)
 }

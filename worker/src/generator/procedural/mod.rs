@@ -147,12 +147,12 @@ fn operation_groups<'a>(batch: &Batch<'a>) -> Vec<(&'static str, Vec<i64>)> {
         .collect()
 }
 
-/// Whether rows are consecutive, such as 4, 5, 6.
+/// Return whether rows are consecutive, such as 4, 5, 6.
 fn is_run(rows: &[i64]) -> bool {
     rows.windows(2).all(|pair| pair[1] == pair[0] + 1)
 }
 
-/// Whether an operation pastes from a donor image.
+/// Return whether an operation pastes from a donor image.
 fn uses_donor(operation: &str) -> bool {
     matches!(operation, "cutpaste" | "part_swap")
 }
