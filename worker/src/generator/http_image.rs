@@ -147,6 +147,8 @@ impl HttpImageGenerator {
         Ok(body)
     }
 
+    // NOTE: the source goes up at the dataset's resolution, such as 28×28. Only the stub server
+    // in the tests has received it; a hosted API may require a larger image.
     fn edit_form(&self, prompt: String, png: Vec<u8>) -> Result<reqwest::multipart::Form, AttemptError> {
         let part = reqwest::multipart::Part::bytes(png)
             .file_name("source.png")
