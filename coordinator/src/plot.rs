@@ -18,6 +18,10 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error:
     let hard_vs_baseline: Vec<(f64, f64)> =
         report.rounds.iter().map(|r| (f64::from(r.round), r.hard_fraction_new_vs_baseline)).collect();
     let last_round = f64::from(report.config.rounds.max(1));
+    // All series are shares in [0, 1]; the axis starts a little below the lowest point so that
+    // differences of a few hundredths stay visible.
+    let lowest = auroc.iter().chain(&hard_new).chain(&hard_vs_baseline).map(|&(_, y)| y).fold(1.0, f64::min);
+    let y_min = ((lowest - 0.05) * 20.0).floor().max(0.0) / 20.0;
 
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(to_error)?;
@@ -26,7 +30,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error:
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(-0.2..last_round + 0.2, 0.0..1.0)
+        .build_cartesian_2d(-0.2..last_round + 0.2, y_min..1.0)
         .map_err(to_error)?;
     chart
         .configure_mesh()
