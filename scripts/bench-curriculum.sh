@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Curriculum benchmark on one-class Fashion-MNIST: one KKA experiment per normal class with the
-# demo settings, then a table of baseline and per-round AUROC, the hard fraction of each round's
-# new anomalies under the round-0 detector, and the orchestration share (results go to
-# docs/benchmarks.md by hand).
+# demo settings. It prints a table of baseline and per-round AUROC, the hard fraction of each
+# round's new anomalies under the round-0 detector, and the orchestration share. The results go
+# to docs/benchmarks.md by hand.
 #
 # Usage: scripts/bench-curriculum.sh [CLASS...]      (default: all ten classes, 0 to 9)
 # Environment: CONFIG (default config/demo.toml), SPLIT_Q (quantile of the split rule; default

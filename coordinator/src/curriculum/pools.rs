@@ -67,7 +67,7 @@ pub struct PoolDraw {
 }
 
 impl PoolDraw {
-    /// Whether the pool held fewer anomalies than requested, so some repeat.
+    /// Checks whether the pool held fewer anomalies than requested, so that some repeat.
     pub fn is_short(&self) -> bool {
         self.wanted > self.available
     }

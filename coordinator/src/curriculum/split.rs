@@ -60,7 +60,7 @@ impl Threshold {
         }
     }
 
-    /// Whether an anomaly with this score record is hard. A NaN score or distance is easy,
+    /// Checks whether an anomaly with this score record is hard. A NaN score or distance is easy,
     /// because no comparison with NaN holds; callers reject NaN scores before splitting.
     pub fn is_hard(&self, record: &ScoreRecord) -> bool {
         match *self {

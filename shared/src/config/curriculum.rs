@@ -180,6 +180,17 @@ impl CurriculumSettings {
             });
         }
         self.schedule.validate(self.rounds)?;
+        self.validate_split()?;
+        if !(self.update_lr >= 0.0 && self.update_lr <= 1.0) {
+            return Err(ConfigError::invalid("curriculum.update_lr", self.update_lr, "use a step in [0, 1]"));
+        }
+        if !(self.update_floor >= 0.0 && self.update_floor < 1.0) {
+            return Err(ConfigError::invalid("curriculum.update_floor", self.update_floor, "use a probability in [0, 1)"));
+        }
+        Ok(())
+    }
+
+    fn validate_split(&self) -> Result<(), ConfigError> {
         match &self.split {
             SplitRule::Quantile { q, margin } => {
                 if !(0.0..=1.0).contains(q) {
@@ -194,12 +205,6 @@ impl CurriculumSettings {
                     return Err(ConfigError::invalid("curriculum.split.max_distance", max_distance, "use a positive distance"));
                 }
             }
-        }
-        if !(self.update_lr >= 0.0 && self.update_lr <= 1.0) {
-            return Err(ConfigError::invalid("curriculum.update_lr", self.update_lr, "use a step in [0, 1]"));
-        }
-        if !(self.update_floor >= 0.0 && self.update_floor < 1.0) {
-            return Err(ConfigError::invalid("curriculum.update_floor", self.update_floor, "use a probability in [0, 1)"));
         }
         Ok(())
     }
