@@ -228,9 +228,13 @@ async fn concurrent_acks_keep_channel_open() {
     broker.publish_tasks(&tasks).await.unwrap();
 
     let mut consumer = broker.consume_tasks(&[TaskKind::Noop]).await.unwrap();
-    let mut settling = tokio::task::JoinSet::new();
+    // Take every delivery before settling any, so that no requeued task comes back in between.
+    let mut deliveries = Vec::new();
     for _ in 0..tasks.len() {
-        let incoming = next_within(&mut consumer, "a task").await;
+        deliveries.push(next_within(&mut consumer, "a task").await);
+    }
+    let mut settling = tokio::task::JoinSet::new();
+    for incoming in deliveries {
         // Settle from many tasks at once, in a scrambled order, requeueing every tenth.
         settling.spawn(async move {
             let task: TaskMessage = serde_json::from_slice(incoming.payload()).unwrap();

@@ -147,7 +147,7 @@ async fn handler_panic_becomes_failed_event() {
     harness.broker.publish_task(&fine).await.unwrap();
 
     // The two tasks settle concurrently, so their events may come in either order.
-    let mut events = vec![harness.next_event().await, harness.next_event().await];
+    let mut events = [harness.next_event().await, harness.next_event().await];
     events.sort_by_key(|event| event.task_id.shard);
     assert_eq!(events[0].task_id, doomed.task_id);
     assert!(failed_error(&events[0]).contains("panicked: boom in the handler"), "{}", failed_error(&events[0]));

@@ -108,10 +108,13 @@ impl DeliveryHandle {
     }
 }
 
+/// Sync as well as Send, so that a `&Consumer` can be held across an await in a spawned task.
 type DeliveryStream = std::pin::Pin<Box<dyn futures::Stream<Item = StreamItem> + Send + Sync>>;
 
 enum StreamItem {
-    Delivery(usize, lapin::Result<Delivery>),
+    /// A delivery from queue `usize`, boxed because a delivery is large and the item moves
+    /// through the merged stream.
+    Delivery(usize, Box<lapin::Result<Delivery>>),
     /// The consumer of queue `usize` stopped: cancelled by us or by the server.
     Ended(usize),
 }
@@ -224,28 +227,30 @@ impl Consumer {
             };
 
             match active.stream.next().await {
-                Some(StreamItem::Delivery(index, Ok(delivery))) => {
-                    let queue = self.queues[index].name.clone();
-                    let handle = DeliveryHandle {
-                        tag: delivery.delivery_tag,
-                        acker: delivery.acker.clone(),
-                        acks: Arc::clone(&active.acks),
-                        queue: queue.clone(),
-                    };
-                    return Some(Incoming {
-                        delivery,
-                        queue,
-                        received_at: Instant::now(),
-                        handle,
-                        _channel: active.channel.clone(),
-                    });
-                }
-                Some(StreamItem::Delivery(index, Err(error))) => {
-                    if !self.cancelled {
-                        tracing::warn!(%error, queue = %self.queues[index].name, "consumer failed; resuming on a new channel");
+                Some(StreamItem::Delivery(index, result)) => match *result {
+                    Ok(delivery) => {
+                        let queue = self.queues[index].name.clone();
+                        let handle = DeliveryHandle {
+                            tag: delivery.delivery_tag,
+                            acker: delivery.acker.clone(),
+                            acks: Arc::clone(&active.acks),
+                            queue: queue.clone(),
+                        };
+                        return Some(Incoming {
+                            delivery,
+                            queue,
+                            received_at: Instant::now(),
+                            handle,
+                            _channel: active.channel.clone(),
+                        });
                     }
-                    self.active = None;
-                }
+                    Err(error) => {
+                        if !self.cancelled {
+                            tracing::warn!(%error, queue = %self.queues[index].name, "consumer failed; resuming on a new channel");
+                        }
+                        self.active = None;
+                    }
+                },
                 Some(StreamItem::Ended(index)) => {
                     if self.cancelled {
                         return None;
@@ -308,7 +313,7 @@ impl Consumer {
                 .await
                 .map_err(BrokerError::amqp("basic.consume", queue.name.clone()))?;
             tags.push(consumer.tag());
-            let deliveries = consumer.map(move |result| StreamItem::Delivery(index, result));
+            let deliveries = consumer.map(move |result| StreamItem::Delivery(index, Box::new(result)));
             streams.push(Box::pin(deliveries.chain(stream::once(async move { StreamItem::Ended(index) }))));
         }
         Ok(Active { channel, tags, stream: stream::select_all(streams), acks: Arc::new(AckBatcher::default()) })
