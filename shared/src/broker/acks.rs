@@ -128,7 +128,7 @@ impl AckBatcher {
             tokio::time::sleep(ACK_DELAY).await;
             batcher.lock().flush_scheduled = false;
             if let Err(error) = batcher.flush().await {
-                tracing::debug!(%error, "sending a batch of acks failed; RabbitMQ delivers them again");
+                tracing::warn!(%error, "failed to send a batch of acks; RabbitMQ delivers those messages again");
             }
         });
     }
