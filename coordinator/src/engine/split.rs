@@ -192,8 +192,12 @@ impl Engine {
     /// The prompt is the one an LLM knowledge source got for this round.
     fn export_dpo(&self, round: RoundIndex, state: &ExperimentState, split: &RoundSplit) -> Result<u32, EngineError> {
         let config = &self.planner.config;
-        let prompt =
-            kka_shared::prompt::anomaly_prompt(&class_label(config), &[], &state.hard_examples, &state.easy_examples);
+        let prompt = kka_shared::prompt::anomaly_prompt(
+            &class_label(config),
+            &config.knowledge.captions,
+            &state.hard_examples,
+            &state.easy_examples,
+        );
         let pairs = dpo::build_pairs(&prompt, &split.hard_descriptions, &split.easy_descriptions);
         let path = self.run_dir.join("dpo").join(format!("round_{round}.jsonl"));
         dpo::write_jsonl(&path, &pairs).map_err(|source| EngineError::Write { path, source })?;
